@@ -1,0 +1,88 @@
+/**
+ * Every bound in VerityDB, in one place (STYLE.md section 3). Names put the qualifier last
+ * (`RECORD_BYTES_MAX`, not `MAX_RECORD_BYTES`). The relationships between them are asserted at the
+ * bottom of this file, when it is loaded, so a bad edit fails at start-up rather than in production.
+ *
+ * Config defaults from the operations guide live here too; a config value may lower or (within the
+ * hard bounds) raise a default, and is checked against these bounds when the config is loaded.
+ */
+
+import { strict as assert } from "node:assert";
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const GiB = 1024 * MiB;
+
+// ---- Defaults from the operations guide ([limits], [storage]). ----
+
+/** `max_tenants`: how many tenants a cluster holds. */
+export const TENANTS_MAX_DEFAULT = 1000;
+/** `max_streams_per_tenant`. */
+export const STREAMS_PER_TENANT_MAX_DEFAULT = 100;
+/** `max_record_size`: the largest payload of one log record. */
+export const RECORD_BYTES_MAX_DEFAULT = 1 * MiB;
+/** `max_batch_size`: the largest batch one client request may append. */
+export const BATCH_BYTES_MAX_DEFAULT = 10 * MiB;
+/** `segment_size`: a segment is sealed once it reaches this many bytes. */
+export const SEGMENT_BYTES_DEFAULT = 64 * MiB;
+
+// ---- Hard bounds: no configuration may go past these. ----
+
+/** The smallest `segment_size` accepted (tests use it to exercise sealing). */
+export const SEGMENT_BYTES_MIN = 1 * MiB;
+/** The largest `segment_size` accepted: byte offsets in a segment stay well inside 32 bits. */
+export const SEGMENT_BYTES_MAX = 1 * GiB;
+/** The largest `max_record_size` accepted. */
+export const RECORD_BYTES_MAX = 16 * MiB;
+/** The largest `max_batch_size` accepted. */
+export const BATCH_BYTES_MAX = 64 * MiB;
+/** Tenant ids in a record header are at most this many bytes. */
+export const TENANT_ID_BYTES_MAX = 64;
+
+/** Bytes of appends that may wait for the group-commit writer before `append` refuses more. */
+export const APPEND_QUEUE_BYTES_MAX = 128 * MiB;
+/** Appends (calls) that may wait for the group-commit writer before `append` refuses more. */
+export const APPEND_QUEUE_CALLS_MAX = 65_536;
+/** Bytes one group-commit write coalesces at most (one write syscall, one fdatasync). */
+export const GROUP_COMMIT_BYTES_MAX = 8 * MiB;
+
+/** Segments a log may have; past this the node refuses to append (compaction must run first). */
+export const SEGMENTS_MAX = 1_000_000;
+/** Open read handles kept per log (least recently used are closed past this). */
+export const SEGMENT_READ_HANDLES_MAX = 32;
+/** The sparse index keeps one entry per this many bytes of segment data (at least). */
+export const SPARSE_INDEX_INTERVAL_BYTES = 64 * KiB;
+/** Bytes read from a segment file in one read call while scanning or reading ranges. */
+export const SEGMENT_READ_CHUNK_BYTES = 1 * MiB;
+/** The most entries one `read` call returns. */
+export const READ_ENTRIES_MAX = 100_000;
+/** The most bytes of payload one `read` call returns (it returns at least one entry). */
+export const READ_BYTES_MAX = 64 * MiB;
+
+/** Size of `meta/state.json` at most; a larger file is refused as damaged. */
+export const META_STATE_BYTES_MAX = 64 * KiB;
+
+// ---- Segment format sizes (part of the on-disk format; changing them changes the format). ----
+
+/** Fixed size of the segment header at the start of every segment file. */
+export const SEGMENT_HEADER_BYTES = 512;
+/** Room for the at-rest encryption key id in the segment header. */
+export const SEGMENT_KEY_ID_BYTES_MAX = 160;
+/** Room for the wrapped (encrypted) data key in the segment header. */
+export const SEGMENT_WRAPPED_KEY_BYTES_MAX = 256;
+/** Bytes of a record frame before its tenant id and payload: crc, length, term, index, kind, tenant length. */
+export const RECORD_FRAME_HEADER_BYTES = 4 + 4 + 8 + 8 + 1 + 1;
+
+export const Units = { KiB, MiB, GiB } as const;
+
+// ---- Relationships, checked when this module loads. ----
+assert(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT && SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
+assert(RECORD_BYTES_MAX_DEFAULT <= RECORD_BYTES_MAX);
+// One record, framed, must fit in one group-commit write and in a segment next to its header.
+assert(RECORD_FRAME_HEADER_BYTES + TENANT_ID_BYTES_MAX + RECORD_BYTES_MAX <= GROUP_COMMIT_BYTES_MAX * 4);
+assert(RECORD_FRAME_HEADER_BYTES + TENANT_ID_BYTES_MAX + RECORD_BYTES_MAX_DEFAULT <= GROUP_COMMIT_BYTES_MAX);
+assert(BATCH_BYTES_MAX_DEFAULT <= BATCH_BYTES_MAX && BATCH_BYTES_MAX <= APPEND_QUEUE_BYTES_MAX);
+// Offsets inside a segment are kept as unsigned 32-bit numbers in the sparse index.
+assert(SEGMENT_BYTES_MAX + RECORD_BYTES_MAX * 2 < 2 ** 32);
+assert(SEGMENT_HEADER_BYTES >= 64 + SEGMENT_KEY_ID_BYTES_MAX + SEGMENT_WRAPPED_KEY_BYTES_MAX);
+assert(TENANT_ID_BYTES_MAX <= 255); // the frame stores the tenant length in one byte

@@ -1,0 +1,1118 @@
+/**
+ * The replicated log's storage: one segmented file set per node (DESIGN.md section 2).
+ *
+ *   log/00000000.segment  sealed segments, immutable once sealed (renamed from current.segment)
+ *   log/00000000.index    sparse index of a sealed segment; verified, rebuilt when missing or stale
+ *   log/current.segment   the segment being appended to
+ *   log/truncate.intent   present only while a suffix truncation is under way (redone on open)
+ *
+ * Durability: appends are group-committed. Every append waiting when the writer is free goes into
+ * one write and one fdatasync; `append` resolves only after the sync that covers it. In fsync mode
+ * at most one write is ever unsynced, which is what lets recovery tell a torn tail from corruption
+ * (src/log/segment-scan.ts). `sync_mode = "async"` resolves appends before their sync.
+ *
+ * Concurrency: one writer (the group-commit loop) owns appends, sealing and truncation. Reads run
+ * concurrently with appends (they only see records up to `lastIndex`, which moves after the sync);
+ * a truncation waits for reads in flight and holds new ones until it is done.
+ */
+
+import { posix as pathPosix } from "node:path";
+import { crc32c } from "@node-rs/crc32";
+import {
+  CorruptionError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  QuotaExceededError,
+  VerityError,
+  ErrorCode,
+  invariant,
+} from "../errors.js";
+import {
+  APPEND_QUEUE_BYTES_MAX,
+  APPEND_QUEUE_CALLS_MAX,
+  GROUP_COMMIT_BYTES_MAX,
+  READ_BYTES_MAX,
+  READ_ENTRIES_MAX,
+  RECORD_BYTES_MAX,
+  RECORD_BYTES_MAX_DEFAULT,
+  SEGMENTS_MAX,
+  SEGMENT_BYTES_DEFAULT,
+  SEGMENT_BYTES_MAX,
+  SEGMENT_BYTES_MIN,
+  SEGMENT_HEADER_BYTES,
+  SEGMENT_READ_CHUNK_BYTES,
+  SEGMENT_READ_HANDLES_MAX,
+  TENANT_ID_BYTES_MAX,
+} from "../limits.js";
+import { readFileIfExists, writeFileAtomic } from "./atomic-file.js";
+import type { FileHandle, FileSystem } from "./fs-port.js";
+import { decodeFrame, encodeFrame, frameBytes, readU64, writeU64 } from "./record.js";
+import { scanSegment, readFully, READ_LIMITS, type ScanResult } from "./segment-scan.js";
+import {
+  CURRENT_SEGMENT_NAME,
+  EncryptionAlgorithm,
+  encodeSegmentHeader,
+  decodeSegmentHeader,
+  parseSealedSegmentName,
+  sealedSegmentName,
+  sparseIndexName,
+  type SegmentHeader,
+} from "./segment-header.js";
+import { SparseIndex, TermRuns, decodeIndexFile, encodeIndexFile, type TermRun } from "./sparse-index.js";
+import type { LogEntry, LogIndex, Term } from "./types.js";
+import { uuidFromBytes } from "./meta-state.js";
+
+/** The subset of a pino logger the log uses. */
+export interface LogSink {
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+  error(obj: object, msg: string): void;
+}
+
+const silentSink: LogSink = { info() {}, warn() {}, error() {} };
+
+export type SyncMode = "fsync" | "async";
+
+export interface SegmentedLogOptions {
+  /** The `log/` directory; created if missing. */
+  dir: string;
+  fs: FileSystem;
+  /** 16 bytes; every segment header must carry it. */
+  clusterId: Uint8Array;
+  /** `segment_size`: seal at this many bytes (SEGMENT_BYTES_MIN..SEGMENT_BYTES_MAX). */
+  segmentBytes?: number;
+  /** `max_record_size`: the largest payload `append` accepts (1..RECORD_BYTES_MAX). */
+  recordBytesMax?: number;
+  /** `sync_mode`. "async" acknowledges appends before they are synced, and says so at open. */
+  syncMode?: SyncMode;
+  /**
+   * Check every record of every segment on open (the default). When false, sealed segments with
+   * a valid index file are trusted at open and checked record by record as they are read.
+   */
+  verifyOnOpen?: boolean;
+  /** The first index of a new, empty log (a restore from a snapshot starts past 1). */
+  initialIndex?: number;
+  /** Prefix for file names in messages (e.g. "log/"); defaults to the directory's base name + "/". */
+  displayPrefix?: string;
+  logger?: LogSink;
+}
+
+/** An entry to append: the caller (the Raft driver) assigns the index, which must be `nextIndex`. */
+export interface AppendEntry {
+  term: number;
+  index: number;
+  kind: number;
+  tenant: string;
+  payload: Uint8Array;
+}
+
+/** What recovery found and did on open. */
+export interface RecoveryReport {
+  segments: number;
+  records: number;
+  /** Bytes cut from a torn tail of current.segment (0 if none). */
+  tornBytesCut: number;
+  /** Where the torn tail started, if there was one. */
+  tornAt: { file: string; offset: number; index: number; reason: string } | undefined;
+  /** A suffix truncation interrupted by a crash was completed (from this index on). */
+  truncationCompletedFrom: number | undefined;
+  /** Sealed segments whose index file was missing or stale and was rebuilt. */
+  indexesRebuilt: number;
+}
+
+/** What `segments()` reports about each segment (for status, backup and tools). */
+export interface SegmentInfo {
+  sequence: number;
+  file: string;
+  sealed: boolean;
+  baseIndex: number;
+  /** baseIndex - 1 when empty. */
+  lastIndex: number;
+  bytes: number;
+}
+
+class Segment {
+  /** Invariant: lastIndex >= baseIndex - 1; sizeBytes >= SEGMENT_HEADER_BYTES. */
+  lastIndex: number;
+  sizeBytes: number;
+  handle: FileHandle | undefined;
+  /** Reads currently using `handle` (it is not closed while > 0). */
+  handleUsers = 0;
+  lastUsed = 0;
+
+  constructor(
+    public readonly header: SegmentHeader,
+    public name: string,
+    public sealed: boolean,
+    public readonly sparse: SparseIndex,
+    lastIndex: number,
+    sizeBytes: number,
+  ) {
+    this.lastIndex = lastIndex;
+    this.sizeBytes = sizeBytes;
+  }
+
+  get sequence(): number {
+    return this.header.sequence;
+  }
+
+  get baseIndex(): number {
+    return this.header.baseIndex;
+  }
+
+  get records(): number {
+    return this.lastIndex - this.baseIndex + 1;
+  }
+}
+
+interface PendingAppend {
+  entries: AppendEntry[];
+  tenants: Uint8Array[];
+  bytes: number;
+  resolve: () => void;
+  reject: (e: unknown) => void;
+}
+
+const TRUNCATE_INTENT_NAME = "truncate.intent";
+const INTENT_MAGIC = Buffer.from("VRTYTRN\0", "latin1");
+const utf8 = new TextEncoder();
+
+export class SegmentedLog {
+  readonly recovery: RecoveryReport;
+  private readonly fs: FileSystem;
+  private readonly dir: string;
+  private readonly clusterId: Uint8Array;
+  private readonly segmentBytes: number;
+  private readonly recordBytesMax: number;
+  private readonly syncMode: SyncMode;
+  private readonly displayPrefix: string;
+  private readonly logger: LogSink;
+  /** Invariant: sorted by sequence, contiguous indexes; the last one is current (not sealed). */
+  private segmentList: Segment[];
+  private readonly termRuns: TermRuns;
+
+  private queue: PendingAppend[] = [];
+  private queuedBytes = 0;
+  /** Index the next appended entry must have. Invariant: nextIndexValue >= lastIndex + 1. */
+  private nextIndexValue: number;
+  private lastQueuedTerm: number;
+  private writer: Promise<void> | undefined;
+  /** Set after a failed write or sync: the log refuses all further work until reopened. */
+  private failure: VerityError | undefined;
+  private closed = false;
+  /** True from the start of `truncateSuffix` until it ends; appends are a caller bug then. */
+  private truncating = false;
+  private readsInFlight = 0;
+  private readsDrained: (() => void) | undefined;
+  /** While set, a truncation is under way and new reads wait for it. */
+  private exclusive: Promise<void> | undefined;
+  private useClock = 0;
+
+  private constructor(
+    options: Required<Omit<SegmentedLogOptions, "initialIndex" | "verifyOnOpen" | "logger">> & { logger: LogSink },
+    segments: Segment[],
+    termRuns: TermRuns,
+    recovery: RecoveryReport,
+  ) {
+    this.fs = options.fs;
+    this.dir = options.dir;
+    this.clusterId = options.clusterId;
+    this.segmentBytes = options.segmentBytes;
+    this.recordBytesMax = options.recordBytesMax;
+    this.syncMode = options.syncMode;
+    this.displayPrefix = options.displayPrefix;
+    this.logger = options.logger;
+    this.segmentList = segments;
+    this.termRuns = termRuns;
+    this.recovery = recovery;
+    this.nextIndexValue = this.lastIndex + 1;
+    this.lastQueuedTerm = this.lastTerm;
+  }
+
+  // ---------------------------------------------------------------- open and recovery
+
+  /** Opens (or creates) the log, recovering from a crash. Throws `CorruptionError` on damage before the tail. */
+  static async open(options: SegmentedLogOptions): Promise<SegmentedLog> {
+    const segmentBytes = options.segmentBytes ?? SEGMENT_BYTES_DEFAULT;
+    const recordBytesMax = options.recordBytesMax ?? RECORD_BYTES_MAX_DEFAULT;
+    if (!Number.isSafeInteger(segmentBytes) || segmentBytes < SEGMENT_BYTES_MIN || segmentBytes > SEGMENT_BYTES_MAX) {
+      throw new InvalidArgumentError(
+        `segment_size ${segmentBytes} is out of range: it must be between ${SEGMENT_BYTES_MIN} (1MB) and ${SEGMENT_BYTES_MAX} (1GB) bytes`,
+      );
+    }
+    if (!Number.isSafeInteger(recordBytesMax) || recordBytesMax < 1 || recordBytesMax > RECORD_BYTES_MAX) {
+      throw new InvalidArgumentError(`max_record_size ${recordBytesMax} is out of range: it must be between 1 and ${RECORD_BYTES_MAX} bytes`);
+    }
+    if (options.clusterId.length !== 16) throw new InvalidArgumentError("cluster id must be 16 bytes");
+    const resolved = {
+      dir: options.dir,
+      fs: options.fs,
+      clusterId: options.clusterId,
+      segmentBytes,
+      recordBytesMax,
+      syncMode: options.syncMode ?? "fsync",
+      displayPrefix: options.displayPrefix ?? pathPosix.basename(options.dir) + "/",
+      logger: options.logger ?? silentSink,
+    };
+    if (resolved.syncMode === "async") {
+      resolved.logger.warn(
+        { sync_mode: "async" },
+        "sync_mode is \"async\": appends are acknowledged BEFORE they are on disk; a crash or power loss can lose acknowledged writes. Use sync_mode = \"fsync\" in production.",
+      );
+    }
+    const fs = options.fs;
+    await fs.mkdir(options.dir);
+    await fs.checkWritableDir(options.dir);
+    const recovery: RecoveryReport = {
+      segments: 0, records: 0, tornBytesCut: 0, tornAt: undefined, truncationCompletedFrom: undefined, indexesRebuilt: 0,
+    };
+    const loader = new Loader(resolved, options.verifyOnOpen ?? true, options.initialIndex ?? 1, recovery);
+    const { segments, termRuns } = await loader.load();
+    recovery.segments = segments.length;
+    recovery.records = segments.reduce((n, s) => n + s.records, 0);
+    const log = new SegmentedLog(resolved, segments, termRuns, recovery);
+    if (recovery.tornBytesCut > 0) {
+      resolved.logger.warn(
+        { bytes_cut: recovery.tornBytesCut, ...recovery.tornAt },
+        `recovery: truncated a torn tail of ${recovery.tornBytesCut} bytes (an interrupted write that was never acknowledged)`,
+      );
+    }
+    return log;
+  }
+
+  // ---------------------------------------------------------------- state
+
+  /** Index of the first entry the log holds (or would hold, when empty). */
+  get firstIndex(): LogIndex {
+    return this.segmentList[0]!.baseIndex as LogIndex;
+  }
+
+  /** Index of the last entry written (and synced, in fsync mode); firstIndex - 1 when empty. */
+  get lastIndex(): LogIndex {
+    return this.current.lastIndex as LogIndex;
+  }
+
+  /** Term of the last entry, or 0 when the log is empty. */
+  get lastTerm(): Term {
+    return (this.termRuns.termAt(this.lastIndex) ?? 0) as Term;
+  }
+
+  /** The index the next appended entry must carry (counts appends still queued). */
+  get nextIndex(): LogIndex {
+    return this.nextIndexValue as LogIndex;
+  }
+
+  /** The term of the entry at `index`, 0 for index 0, or undefined outside [firstIndex, lastIndex]. */
+  termAt(index: number): Term | undefined {
+    if (index === 0) return 0 as Term;
+    if (index < this.firstIndex || index > this.lastIndex) return undefined;
+    return this.termRuns.termAt(index);
+  }
+
+  /** The segments, oldest first. */
+  segments(): SegmentInfo[] {
+    return this.segmentList.map((s) => ({
+      sequence: s.sequence,
+      file: this.displayPrefix + s.name,
+      sealed: s.sealed,
+      baseIndex: s.baseIndex,
+      lastIndex: s.lastIndex,
+      bytes: s.sizeBytes,
+    }));
+  }
+
+  /** "fsync" or "async". */
+  get mode(): SyncMode {
+    return this.syncMode;
+  }
+
+  private get current(): Segment {
+    return this.segmentList[this.segmentList.length - 1]!;
+  }
+
+  // ---------------------------------------------------------------- append (group commit)
+
+  /**
+   * Appends entries; resolves once they are durable (fsync mode) or written (async mode).
+   * Entries must carry consecutive indexes starting at `nextIndex` and terms that never decrease:
+   * the caller (the Raft driver) owns both, so a violation is a programmer error.
+   * Bad input (empty or over-size payload, bad tenant, bad kind) is refused before anything is
+   * queued, so a refused call writes nothing.
+   */
+  append(entries: readonly AppendEntry[]): Promise<void> {
+    if (this.closed) return Promise.reject(new FailedPreconditionError("the log is closed"));
+    if (this.failure !== undefined) return Promise.reject(this.failure);
+    invariant(!this.truncating, "append while a truncation is under way");
+    if (entries.length === 0) return Promise.resolve();
+    let bytes = 0;
+    const tenants: Uint8Array[] = [];
+    let expectIndex = this.nextIndexValue;
+    let lastTerm = this.lastQueuedTerm;
+    for (const e of entries) {
+      const tenant = this.checkEntry(e);
+      invariant(e.index === expectIndex, `append of index ${e.index} where ${expectIndex} is next`);
+      invariant(Number.isSafeInteger(e.term) && e.term >= lastTerm, `append of term ${e.term} after term ${lastTerm}`);
+      tenants.push(tenant);
+      bytes += frameBytes(tenant.length, e.payload.length);
+      expectIndex++;
+      lastTerm = e.term;
+    }
+    if (this.queue.length >= APPEND_QUEUE_CALLS_MAX || this.queuedBytes + bytes > APPEND_QUEUE_BYTES_MAX) {
+      return Promise.reject(
+        new QuotaExceededError(
+          "append queue",
+          APPEND_QUEUE_BYTES_MAX,
+          `the log's append queue is full (${this.queue.length} calls, ${this.queuedBytes} bytes waiting; limits ` +
+            `${APPEND_QUEUE_CALLS_MAX} calls, ${APPEND_QUEUE_BYTES_MAX} bytes): the disk is not keeping up; retry after a short wait`,
+        ),
+      );
+    }
+    this.nextIndexValue = expectIndex;
+    this.lastQueuedTerm = lastTerm;
+    this.queuedBytes += bytes;
+    return new Promise<void>((resolve, reject) => {
+      this.queue.push({ entries: entries.slice(), tenants, bytes, resolve, reject });
+      this.writer ??= this.runWriter();
+    });
+  }
+
+  /** Refuses bad input with a message naming the limit; returns the tenant id as UTF-8. */
+  private checkEntry(e: AppendEntry): Uint8Array {
+    if (!Number.isInteger(e.kind) || e.kind < 1 || e.kind > 255) {
+      throw new InvalidArgumentError(`record kind ${e.kind} is invalid: it must be an integer from 1 to 255`);
+    }
+    const size = e.payload.length;
+    if (size === 0) {
+      throw new InvalidArgumentError("a record's payload is empty: records must hold at least 1 byte");
+    }
+    if (size > this.recordBytesMax) {
+      throw new QuotaExceededError(
+        "max_record_size",
+        this.recordBytesMax,
+        `a record of ${size} bytes is larger than max_record_size (${this.recordBytesMax} bytes): split it, or raise max_record_size in [limits]`,
+      );
+    }
+    const tenant = e.tenant === "" ? new Uint8Array(0) : utf8.encode(e.tenant);
+    if (tenant.length > TENANT_ID_BYTES_MAX) {
+      throw new InvalidArgumentError(`tenant id is ${tenant.length} bytes; the limit is ${TENANT_ID_BYTES_MAX} bytes`);
+    }
+    return tenant;
+  }
+
+  private async runWriter(): Promise<void> {
+    try {
+      // Bounded by the queue: every pass takes at least one call off it.
+      while (this.queue.length > 0) {
+        const batch = this.takeBatch();
+        if (this.failure !== undefined) {
+          for (const p of batch) p.reject(this.failure);
+          continue;
+        }
+        try {
+          await this.writeBatch(batch);
+          if (this.syncMode === "fsync") for (const p of batch) p.resolve();
+        } catch (e) {
+          this.fail(e);
+          for (const p of batch) p.reject(this.failure);
+        }
+      }
+    } finally {
+      this.writer = undefined;
+    }
+  }
+
+  /** The calls for one group commit: everything waiting, up to GROUP_COMMIT_BYTES_MAX (at least one call). */
+  private takeBatch(): PendingAppend[] {
+    let bytes = 0;
+    let n = 0;
+    while (n < this.queue.length && (n === 0 || bytes + this.queue[n]!.bytes <= GROUP_COMMIT_BYTES_MAX)) {
+      bytes += this.queue[n]!.bytes;
+      n++;
+    }
+    const batch = this.queue.splice(0, n);
+    this.queuedBytes -= bytes;
+    return batch;
+  }
+
+  /**
+   * Writes one batch: frames are encoded into one buffer; the buffer is split where the current
+   * segment fills up (that part is written, synced and sealed first); the rest is written with one
+   * write and synced with one fdatasync. In-memory state moves only after the bytes are down.
+   */
+  private async writeBatch(batch: PendingAppend[]): Promise<void> {
+    const total = batch.reduce((n, p) => n + p.bytes, 0);
+    const buf = Buffer.allocUnsafe(total);
+    let offset = 0;
+    let partStart = 0;
+    const pendingNotes: Array<{ index: number; term: number; offset: number }> = [];
+    for (const p of batch) {
+      for (let i = 0; i < p.entries.length; i++) {
+        const e = p.entries[i]!;
+        const size = frameBytes(p.tenants[i]!.length, e.payload.length);
+        const seg = this.current;
+        const fileOffset = seg.sizeBytes + (offset - partStart);
+        // Seal when this record would push a non-empty segment past segment_size.
+        if (fileOffset + size > this.segmentBytes && !(seg.records === 0 && offset === partStart)) {
+          await this.writePart(buf.subarray(partStart, offset), pendingNotes, true);
+          await this.seal();
+          partStart = offset;
+          pendingNotes.length = 0;
+        }
+        pendingNotes.push({ index: e.index, term: e.term, offset: this.current.sizeBytes + (offset - partStart) });
+        offset = encodeFrame(buf, offset, e.term, e.index, e.kind, p.tenants[i]!, e.payload);
+      }
+    }
+    invariant(offset === total, "encoded size matches the computed size");
+    if (this.syncMode === "async") {
+      await this.writePart(buf.subarray(partStart, offset), pendingNotes, false);
+      for (const p of batch) p.resolve(); // acknowledged before the sync: that is what async mode means
+      await this.current.handle!.datasync();
+    } else {
+      await this.writePart(buf.subarray(partStart, offset), pendingNotes, true);
+    }
+  }
+
+  private async writePart(
+    bytes: Uint8Array,
+    notes: ReadonlyArray<{ index: number; term: number; offset: number }>,
+    sync: boolean,
+  ): Promise<void> {
+    if (bytes.length === 0) return;
+    const seg = this.current;
+    await seg.handle!.write(bytes, 0, bytes.length, seg.sizeBytes);
+    if (sync) await seg.handle!.datasync();
+    for (const n of notes) {
+      seg.sparse.note(n.index, n.offset);
+      this.termRuns.note(n.index as LogIndex, n.term as Term);
+    }
+    seg.sizeBytes += bytes.length;
+    seg.lastIndex = notes[notes.length - 1]!.index;
+  }
+
+  /**
+   * Seals current.segment: writes its index file, renames it to its sequence number, and starts a
+   * new current.segment (created as a temp file with its header synced, then renamed into place).
+   * A crash at any step leaves a state that open() recovers (see `Loader`).
+   */
+  private async seal(): Promise<void> {
+    const seg = this.current;
+    if (this.segmentList.length >= SEGMENTS_MAX) {
+      throw new QuotaExceededError("segments", SEGMENTS_MAX, `the log has ${SEGMENTS_MAX} segments, the most it may hold; compact it before writing more`);
+    }
+    const sealedName = sealedSegmentName(seg.sequence);
+    await this.writeIndexFile(seg);
+    await this.fs.rename(this.path(CURRENT_SEGMENT_NAME), this.path(sealedName));
+    seg.name = sealedName;
+    seg.sealed = true;
+    const next = await createSegment(this.fs, this.dir, {
+      sequence: seg.sequence + 1,
+      clusterId: this.clusterId,
+      baseIndex: (seg.lastIndex + 1) as LogIndex,
+      encryption: { algorithm: EncryptionAlgorithm.NONE, keyId: new Uint8Array(0), wrappedKey: new Uint8Array(0) },
+    });
+    this.segmentList.push(next);
+    this.releaseIdleHandles();
+  }
+
+  private async writeIndexFile(seg: Segment): Promise<void> {
+    const content = encodeIndexFile({
+      baseIndex: seg.baseIndex,
+      lastIndex: seg.lastIndex,
+      segmentBytes: seg.sizeBytes,
+      headerCrc: headerCrc(seg.header),
+      entries: seg.sparse.entries(),
+      termRuns: this.termRuns.runsBetween(seg.baseIndex, seg.lastIndex),
+    });
+    // Not fsync'd on purpose: an index file is checked before it is trusted and rebuilt if bad.
+    const tmp = this.path(sparseIndexName(seg.sequence) + ".tmp");
+    if ((await this.fs.stat(tmp)) !== undefined) await this.fs.unlink(tmp);
+    const h = await this.fs.open(tmp, "create-exclusive");
+    try {
+      await h.write(content, 0, content.length, 0);
+    } finally {
+      await h.close();
+    }
+    await this.fs.rename(tmp, this.path(sparseIndexName(seg.sequence)));
+  }
+
+  /** Resolves when every append queued so far has been written (or has failed). */
+  async flush(): Promise<void> {
+    // Bounded: each pass waits for one writer run, which drains the queue.
+    while (this.writer !== undefined) await this.writer;
+  }
+
+  private fail(e: unknown): void {
+    if (this.failure !== undefined) return;
+    // After a failed write or fsync the page cache may not match the disk (fsyncgate): the only
+    // safe way on is to reopen the log, which re-reads what is really on disk.
+    this.failure =
+      e instanceof VerityError
+        ? new VerityError(e.code, `${e.message}. The log stopped accepting writes; restart the node to recover from what is on disk.`, { cause: e })
+        : new VerityError(ErrorCode.IO_ERROR, `log write failed: ${String(e)}. Restart the node.`, { cause: e });
+    this.logger.error({ err: this.failure.message }, "log write failed; refusing further writes");
+  }
+
+  // ---------------------------------------------------------------- reads
+
+  /**
+   * Entries with index in [from, to), in order, at most `maxBytes` of payload (but at least one
+   * entry) and at most READ_ENTRIES_MAX entries. `to` is clamped to lastIndex + 1. Every record's
+   * checksum is verified; damage throws `CorruptionError` and nothing from the damaged range is returned.
+   */
+  async read(from: number, to: number, maxBytes: number = READ_BYTES_MAX): Promise<LogEntry[]> {
+    if (!Number.isSafeInteger(from) || !Number.isSafeInteger(to)) throw new InvalidArgumentError("read range must be integers");
+    await this.enterRead();
+    try {
+      if (from < this.firstIndex) {
+        throw new InvalidArgumentError(`index ${from} is before the first index ${this.firstIndex} this log holds`);
+      }
+      const end = Math.min(to, this.lastIndex + 1, from + READ_ENTRIES_MAX);
+      const out: LogEntry[] = [];
+      let bytes = 0;
+      const budget = Math.min(maxBytes, READ_BYTES_MAX);
+      let segIdx = this.segmentIndexOf(from);
+      let next = from;
+      // Bounded by the segment count; each pass reads one segment's part of the range.
+      while (next < end && segIdx < this.segmentList.length) {
+        const seg = this.segmentList[segIdx]!;
+        const done = await this.readFromSegment(seg, next, end, budget, out, bytes);
+        bytes = done.bytes;
+        next = done.next;
+        if (done.full) break;
+        segIdx++;
+      }
+      return out;
+    } finally {
+      this.exitRead();
+    }
+  }
+
+  private async readFromSegment(
+    seg: Segment,
+    from: number,
+    end: number,
+    budget: number,
+    out: LogEntry[],
+    bytesSoFar: number,
+  ): Promise<{ next: number; bytes: number; full: boolean }> {
+    const stop = Math.min(end, seg.lastIndex + 1);
+    let position = seg.sparse.floorOffset(from);
+    let expect: number | undefined;
+    let bytes = bytesSoFar;
+    let next = from;
+    const handle = await this.acquireHandle(seg);
+    try {
+      let buf = Buffer.allocUnsafe(SEGMENT_READ_CHUNK_BYTES);
+      // Bounded: every pass consumes at least one frame, or grows the buffer to fit one, or throws.
+      while (next < stop) {
+        const want = Math.min(buf.length, seg.sizeBytes - position);
+        const got = await readFully(handle, buf.subarray(0, want), position);
+        let offset = 0;
+        while (offset < got && next < stop) {
+          const r = decodeFrame(buf, offset, got, READ_LIMITS);
+          if (r.status === "incomplete") {
+            if (position + offset + r.needBytes > seg.sizeBytes) {
+              throw this.corruption(seg, position + offset, next, "the segment ends inside a record");
+            }
+            if (offset === 0) buf = Buffer.allocUnsafe(Math.max(r.needBytes, buf.length));
+            break;
+          }
+          if (r.status === "invalid") throw this.corruption(seg, position + offset, expect ?? next, r.reason);
+          const idx = r.entry.index;
+          if (expect !== undefined && idx !== expect) {
+            throw this.corruption(seg, position + offset, expect, `record holds index ${idx} where ${expect} was expected`);
+          }
+          expect = idx + 1;
+          if (idx >= from) {
+            if (out.length > 0 && bytes + r.entry.payload.length > budget) return { next, bytes, full: true };
+            out.push(r.entry);
+            bytes += r.entry.payload.length;
+            next = idx + 1;
+          }
+          offset += r.frameBytes;
+        }
+        position += offset;
+        if (got === 0) throw this.corruption(seg, position, next, "the segment ends before its last record");
+      }
+    } finally {
+      this.releaseHandle(seg);
+    }
+    return { next, bytes, full: false };
+  }
+
+  private corruption(seg: Segment, offset: number, index: number, detail: string): CorruptionError {
+    return new CorruptionError({ file: this.displayPrefix + seg.name, offset, index }, detail);
+  }
+
+  /** Position in `segmentList` of the segment holding `index` (the last one if past the end). */
+  private segmentIndexOf(index: number): number {
+    let lo = 0;
+    let hi = this.segmentList.length - 1;
+    let found = 0;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.segmentList[mid]!.baseIndex <= index) {
+        found = mid;
+        lo = mid + 1;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    return found;
+  }
+
+  private async enterRead(): Promise<void> {
+    if (this.closed) throw new FailedPreconditionError("the log is closed");
+    // Bounded: a truncation holds `exclusive` for one operation; then reads go on.
+    while (this.exclusive !== undefined) await this.exclusive;
+    this.readsInFlight++;
+  }
+
+  private exitRead(): void {
+    this.readsInFlight--;
+    if (this.readsInFlight === 0) this.readsDrained?.();
+  }
+
+  private async acquireHandle(seg: Segment): Promise<FileHandle> {
+    seg.handleUsers++;
+    seg.lastUsed = ++this.useClock;
+    try {
+      seg.handle ??= await this.fs.open(this.path(seg.name), "read");
+    } catch (e) {
+      seg.handleUsers--;
+      throw e;
+    }
+    return seg.handle;
+  }
+
+  private releaseHandle(seg: Segment): void {
+    seg.handleUsers--;
+    this.releaseIdleHandles();
+  }
+
+  /** Keeps at most SEGMENT_READ_HANDLES_MAX sealed segments open, closing the least recently used idle ones. */
+  private releaseIdleHandles(): void {
+    const open = this.segmentList.filter((s) => s.sealed && s.handle !== undefined);
+    if (open.length <= SEGMENT_READ_HANDLES_MAX) return;
+    open.sort((a, b) => a.lastUsed - b.lastUsed);
+    let excess = open.length - SEGMENT_READ_HANDLES_MAX;
+    for (const s of open) {
+      if (excess === 0) break;
+      if (s.handleUsers > 0) continue;
+      const h = s.handle!;
+      s.handle = undefined;
+      excess--;
+      void h.close().catch(() => {});
+    }
+  }
+
+  // ---------------------------------------------------------------- truncation
+
+  /**
+   * Removes every entry from `fromIndex` on: what a Raft follower does when its uncommitted tail
+   * conflicts with the leader's log. Refuses to cut at or below `committedIndex`. Crash-safe: an
+   * intent file records the cut first, and open() finishes a cut that a crash interrupted.
+   */
+  async truncateSuffix(fromIndex: number, committedIndex: number): Promise<void> {
+    if (!Number.isSafeInteger(fromIndex) || fromIndex <= committedIndex) {
+      throw new FailedPreconditionError(
+        `refusing to truncate the log from index ${fromIndex}: entries up to ${committedIndex} are committed and can never be removed`,
+      );
+    }
+    if (fromIndex < this.firstIndex) {
+      throw new FailedPreconditionError(`cannot truncate from index ${fromIndex}, before the first index ${this.firstIndex}`);
+    }
+    invariant(!this.truncating, "one truncation at a time");
+    this.truncating = true;
+    try {
+      await this.flush();
+      if (this.failure !== undefined) throw this.failure;
+      if (fromIndex > this.lastIndex) return;
+      await this.truncateExclusive(fromIndex);
+    } finally {
+      this.truncating = false;
+    }
+  }
+
+  private async truncateExclusive(fromIndex: number): Promise<void> {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    // Bounded: at most one truncation runs; others wait for it.
+    while (this.exclusive !== undefined) await this.exclusive;
+    this.exclusive = gate;
+    try {
+      if (this.readsInFlight > 0) await new Promise<void>((r) => (this.readsDrained = r));
+      this.readsDrained = undefined;
+      await writeTruncateIntent(this.fs, this.path(TRUNCATE_INTENT_NAME), fromIndex);
+      await this.truncateLoaded(fromIndex);
+      await this.fs.unlink(this.path(TRUNCATE_INTENT_NAME));
+      await this.fs.syncDir(this.dir);
+    } catch (e) {
+      this.fail(e);
+      throw this.failure;
+    } finally {
+      this.exclusive = undefined;
+      release();
+    }
+  }
+
+  private async truncateLoaded(fromIndex: number): Promise<void> {
+    const targetPos = this.segmentIndexOf(fromIndex);
+    const target = this.segmentList[targetPos]!;
+    const offset = await this.offsetOf(target, fromIndex);
+    // Later segments first, newest first, so a crash never leaves a gap in front of surviving data.
+    for (const seg of this.segmentList.slice(targetPos + 1).reverse()) {
+      await this.closeHandle(seg);
+      await this.fs.unlink(this.path(seg.name));
+      if (seg.sealed) await unlinkIfExists(this.fs, this.path(sparseIndexName(seg.sequence)));
+    }
+    this.segmentList = this.segmentList.slice(0, targetPos + 1);
+    await this.closeHandle(target);
+    const handle = await this.fs.open(this.path(target.name), "readwrite");
+    await handle.truncate(offset);
+    await handle.datasync();
+    if (target.sealed) {
+      await unlinkIfExists(this.fs, this.path(sparseIndexName(target.sequence)));
+      await this.fs.rename(this.path(target.name), this.path(CURRENT_SEGMENT_NAME));
+      target.name = CURRENT_SEGMENT_NAME;
+      target.sealed = false;
+    }
+    await this.fs.syncDir(this.dir);
+    target.handle = handle;
+    target.sizeBytes = offset;
+    target.lastIndex = fromIndex - 1;
+    target.sparse.truncateFrom(fromIndex);
+    this.termRuns.truncateFrom(fromIndex);
+    this.nextIndexValue = fromIndex;
+    this.lastQueuedTerm = this.termRuns.termAt(fromIndex - 1) ?? 0;
+  }
+
+  /** Byte offset of the record holding `index` in `seg` (its end, for lastIndex + 1). */
+  private async offsetOf(seg: Segment, index: number): Promise<number> {
+    if (index > seg.lastIndex) return seg.sizeBytes;
+    let position = seg.sparse.floorOffset(index);
+    const handle = await this.acquireHandle(seg);
+    try {
+      const head = Buffer.allocUnsafe(8);
+      // Bounded by the records between the sparse index entry and `index`.
+      for (;;) {
+        const got = await readFully(handle, head, position);
+        if (got < 8) throw this.corruption(seg, position, index, "the segment ends before the record");
+        const fb = 8 + head.readUInt32LE(4);
+        const frame = Buffer.allocUnsafe(fb);
+        await readFully(handle, frame, position);
+        const r = decodeFrame(frame, 0, fb, READ_LIMITS);
+        if (r.status !== "ok") throw this.corruption(seg, position, index, r.status === "invalid" ? r.reason : "truncated record");
+        if (r.entry.index === index) return position;
+        position += fb;
+      }
+    } finally {
+      this.releaseHandle(seg);
+    }
+  }
+
+  private async closeHandle(seg: Segment): Promise<void> {
+    const h = seg.handle;
+    seg.handle = undefined;
+    if (h !== undefined) await h.close();
+  }
+
+  // ---------------------------------------------------------------- close
+
+  /** Waits for queued appends, then closes every file. Idempotent. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await this.flush();
+    this.closed = true;
+    for (const seg of this.segmentList) await this.closeHandle(seg).catch(() => {});
+  }
+
+  private path(name: string): string {
+    return pathPosix.join(this.dir, name);
+  }
+}
+
+// ==================================================================== loading (open + recovery)
+
+function headerCrc(header: SegmentHeader): number {
+  return crc32c(encodeSegmentHeader(header));
+}
+
+async function unlinkIfExists(fs: FileSystem, path: string): Promise<void> {
+  if ((await fs.stat(path)) !== undefined) await fs.unlink(path);
+}
+
+async function createSegment(fs: FileSystem, dir: string, header: SegmentHeader): Promise<Segment> {
+  const tmp = pathPosix.join(dir, CURRENT_SEGMENT_NAME + ".tmp");
+  await unlinkIfExists(fs, tmp);
+  const bytes = encodeSegmentHeader(header);
+  const handle = await fs.open(tmp, "create-exclusive");
+  await handle.write(bytes, 0, bytes.length, 0);
+  await handle.datasync();
+  await fs.rename(tmp, pathPosix.join(dir, CURRENT_SEGMENT_NAME));
+  await fs.syncDir(dir);
+  const seg = new Segment(header, CURRENT_SEGMENT_NAME, false, new SparseIndex(), header.baseIndex - 1, SEGMENT_HEADER_BYTES);
+  seg.handle = handle;
+  return seg;
+}
+
+async function writeTruncateIntent(fs: FileSystem, path: string, fromIndex: number): Promise<void> {
+  const buf = Buffer.alloc(20);
+  INTENT_MAGIC.copy(buf, 0);
+  writeU64(buf, fromIndex, 8);
+  buf.writeUInt32LE(crc32c(buf.subarray(0, 16)), 16);
+  await writeFileAtomic(fs, path, buf);
+}
+
+function decodeTruncateIntent(buf: Uint8Array): number | undefined {
+  if (buf.length !== 20) return undefined;
+  const b = Buffer.from(buf);
+  if (!b.subarray(0, 8).equals(INTENT_MAGIC) || crc32c(b.subarray(0, 16)) !== b.readUInt32LE(16)) return undefined;
+  return readU64(b, 8);
+}
+
+type ResolvedOptions = Required<Omit<SegmentedLogOptions, "initialIndex" | "verifyOnOpen" | "logger">> & { logger: LogSink };
+
+interface FoundFile {
+  name: string;
+  sequence: number;
+  sealed: boolean;
+  header: SegmentHeader;
+}
+
+/** Open-time recovery: lists the segment files, finishes an interrupted truncation, scans, repairs a torn tail. */
+class Loader {
+  private readonly fs: FileSystem;
+  constructor(
+    private readonly options: ResolvedOptions,
+    private readonly verifyAll: boolean,
+    private readonly initialIndex: number,
+    private readonly recovery: RecoveryReport,
+  ) {
+    this.fs = options.fs;
+  }
+
+  private path(name: string): string {
+    return pathPosix.join(this.options.dir, name);
+  }
+
+  private display(name: string): string {
+    return this.options.displayPrefix + name;
+  }
+
+  async load(): Promise<{ segments: Segment[]; termRuns: TermRuns }> {
+    const names = await this.fs.readdir(this.options.dir);
+    for (const n of names) if (n.endsWith(".tmp")) await this.fs.unlink(this.path(n)); // unfinished creations
+    let files = await this.readHeaders(names);
+    const intentBytes = await readFileIfExists(this.fs, this.path(TRUNCATE_INTENT_NAME));
+    if (intentBytes !== undefined) {
+      const from = decodeTruncateIntent(intentBytes);
+      if (from === undefined) {
+        throw new CorruptionError({ file: this.display(TRUNCATE_INTENT_NAME), offset: 0 }, "the truncation intent file is damaged");
+      }
+      files = await this.finishTruncation(files, from);
+      await this.fs.unlink(this.path(TRUNCATE_INTENT_NAME));
+      await this.fs.syncDir(this.options.dir);
+      this.recovery.truncationCompletedFrom = from;
+    }
+    return this.loadSegments(files);
+  }
+
+  /** Reads every segment's header; checks names, sequence numbers and cluster ids. */
+  private async readHeaders(names: string[]): Promise<FoundFile[]> {
+    const found: FoundFile[] = [];
+    for (const name of names) {
+      const sealedSeq = parseSealedSegmentName(name);
+      if (sealedSeq === undefined && name !== CURRENT_SEGMENT_NAME) continue;
+      const handle = await this.fs.open(this.path(name), "read");
+      const buf = Buffer.alloc(SEGMENT_HEADER_BYTES);
+      let got: number;
+      try {
+        got = await readFully(handle, buf, 0);
+      } finally {
+        await handle.close();
+      }
+      const decoded = decodeSegmentHeader(buf.subarray(0, got));
+      if (!decoded.ok) throw new CorruptionError({ file: this.display(name), offset: 0 }, `segment header: ${decoded.reason}`);
+      const header = decoded.header;
+      if (!Buffer.from(header.clusterId).equals(Buffer.from(this.options.clusterId))) {
+        throw new FailedPreconditionError(
+          `${this.display(name)} belongs to cluster ${uuidFromBytes(header.clusterId)}, but this node is in cluster ` +
+            `${uuidFromBytes(this.options.clusterId)}: the data directory holds another cluster's log. Point --data-dir at this node's own directory.`,
+        );
+      }
+      if (sealedSeq !== undefined && header.sequence !== sealedSeq) {
+        throw new CorruptionError({ file: this.display(name), offset: 12 }, `header says segment ${header.sequence} but the file is named for segment ${sealedSeq}`);
+      }
+      found.push({ name, sequence: header.sequence, sealed: sealedSeq !== undefined, header });
+    }
+    found.sort((a, b) => a.sequence - b.sequence);
+    for (let i = 1; i < found.length; i++) {
+      const prev = found[i - 1]!;
+      const cur = found[i]!;
+      if (cur.sequence !== prev.sequence + 1) {
+        throw new CorruptionError(
+          { file: this.display(cur.name), offset: 0, index: cur.header.baseIndex },
+          `segment ${prev.sequence + 1} is missing (found ${prev.name} then ${cur.name}); a segment file was deleted or lost`,
+        );
+      }
+    }
+    const current = found.findIndex((f) => !f.sealed);
+    if (current !== -1 && current !== found.length - 1) {
+      throw new CorruptionError({ file: this.display(CURRENT_SEGMENT_NAME), offset: 0 }, "current.segment is older than a sealed segment");
+    }
+    return found;
+  }
+
+  /** Completes a suffix truncation from `from` that a crash interrupted. */
+  private async finishTruncation(files: FoundFile[], from: number): Promise<FoundFile[]> {
+    // The target is the last segment whose base index is at or before `from`.
+    let targetPos = -1;
+    for (let i = 0; i < files.length; i++) if (files[i]!.header.baseIndex <= from) targetPos = i;
+    if (targetPos === -1) return files; // nothing at or after `from` is left
+    for (const f of files.slice(targetPos + 1).reverse()) {
+      await this.fs.unlink(this.path(f.name));
+      if (f.sealed) await unlinkIfExists(this.fs, this.path(sparseIndexName(f.sequence)));
+    }
+    const target = files[targetPos]!;
+    const handle = await this.fs.open(this.path(target.name), "readwrite");
+    try {
+      let cutAt: number | undefined;
+      const scan = await scanSegment(handle, {
+        displayName: this.display(target.name),
+        mayHaveTornTail: !target.sealed,
+        previousTerm: 0,
+        onRecord: (info, offset) => {
+          if (info.index === from) cutAt = offset;
+        },
+      });
+      // A torn or damaged record past the cut goes with the cut; damage before it is corruption.
+      if (scan.damage !== undefined && scan.damage.index < from) throw this.damageError(target.name, scan);
+      await handle.truncate(cutAt ?? Math.min(scan.validEnd, scan.fileBytes));
+      await handle.datasync();
+    } finally {
+      await handle.close();
+    }
+    if (target.sealed) {
+      await unlinkIfExists(this.fs, this.path(sparseIndexName(target.sequence)));
+      await this.fs.rename(this.path(target.name), this.path(CURRENT_SEGMENT_NAME));
+    }
+    await this.fs.syncDir(this.options.dir);
+    return [...files.slice(0, targetPos), { ...target, name: CURRENT_SEGMENT_NAME, sealed: false }];
+  }
+
+  private damageError(name: string, scan: ScanResult): CorruptionError {
+    const d = scan.damage!;
+    return new CorruptionError({ file: this.display(name), offset: d.offset, index: d.index }, d.reason);
+  }
+
+  private async loadSegments(files: FoundFile[]): Promise<{ segments: Segment[]; termRuns: TermRuns }> {
+    const segments: Segment[] = [];
+    const termRuns = new TermRuns();
+    let expectBase: number | undefined;
+    let previousTerm = 0;
+    for (const f of files) {
+      if (expectBase !== undefined && f.header.baseIndex !== expectBase) {
+        throw new CorruptionError(
+          { file: this.display(f.name), offset: 32, index: f.header.baseIndex },
+          `segment starts at index ${f.header.baseIndex} but the previous segment ends at index ${expectBase - 1}`,
+        );
+      }
+      const seg = f.sealed ? await this.loadSealed(f, previousTerm, termRuns) : await this.loadCurrent(f, previousTerm, termRuns);
+      segments.push(seg);
+      expectBase = seg.lastIndex + 1;
+      previousTerm = termRuns.termAt(seg.lastIndex) ?? previousTerm;
+    }
+    const last = segments[segments.length - 1];
+    if (last === undefined || last.sealed) {
+      // First start, or a crash between sealing and creating the next current.segment.
+      const base = last === undefined ? this.initialIndex : last.lastIndex + 1;
+      segments.push(
+        await createSegment(this.fs, this.options.dir, {
+          sequence: last === undefined ? 0 : last.sequence + 1,
+          clusterId: this.options.clusterId,
+          baseIndex: base as LogIndex,
+          encryption: { algorithm: EncryptionAlgorithm.NONE, keyId: new Uint8Array(0), wrappedKey: new Uint8Array(0) },
+        }),
+      );
+    }
+    return { segments, termRuns };
+  }
+
+  private async loadSealed(f: FoundFile, previousTerm: number, termRuns: TermRuns): Promise<Segment> {
+    const handle = await this.fs.open(this.path(f.name), "read");
+    try {
+      const size = await handle.size();
+      if (!this.verifyAll) {
+        const trusted = await this.trustedIndex(f, size);
+        if (trusted !== undefined) {
+          for (const run of trusted.termRuns) termRuns.note(run.firstIndex, run.term);
+          const sparse = new SparseIndex();
+          for (const [i, o] of trusted.entries) sparse.note(i, o);
+          return new Segment(f.header, f.name, true, sparse, trusted.lastIndex, size);
+        }
+      }
+      const scan = await scanSegment(handle, { displayName: this.display(f.name), mayHaveTornTail: false, previousTerm });
+      if (scan.damage !== undefined) throw this.damageError(f.name, scan);
+      for (const run of scan.termRuns) termRuns.note(run.firstIndex, run.term);
+      const seg = new Segment(f.header, f.name, true, scan.sparse, scan.lastIndex, size);
+      await this.ensureIndexFile(seg, scan.termRuns);
+      return seg;
+    } finally {
+      await handle.close();
+    }
+  }
+
+  /** The index file's content if it matches the segment exactly, else undefined (it will be rebuilt). */
+  private async trustedIndex(f: FoundFile, size: number): Promise<ReturnType<typeof decodeIndexFile>> {
+    const bytes = await readFileIfExists(this.fs, this.path(sparseIndexName(f.sequence)));
+    const content = bytes === undefined ? undefined : decodeIndexFile(bytes);
+    if (content === undefined) return undefined;
+    if (content.segmentBytes !== size || content.baseIndex !== f.header.baseIndex || content.headerCrc !== headerCrc(f.header)) {
+      return undefined;
+    }
+    return content;
+  }
+
+  private async ensureIndexFile(seg: Segment, runs: TermRun[]): Promise<void> {
+    const existing = await this.trustedIndex({ name: seg.name, sequence: seg.sequence, sealed: true, header: seg.header }, seg.sizeBytes);
+    if (existing !== undefined && existing.lastIndex === seg.lastIndex) return;
+    const content = encodeIndexFile({
+      baseIndex: seg.baseIndex, lastIndex: seg.lastIndex, segmentBytes: seg.sizeBytes, headerCrc: headerCrc(seg.header),
+      entries: seg.sparse.entries(), termRuns: runs,
+    });
+    await writeFileAtomic(this.fs, this.path(sparseIndexName(seg.sequence)), content);
+    this.recovery.indexesRebuilt++;
+  }
+
+  private async loadCurrent(f: FoundFile, previousTerm: number, termRuns: TermRuns): Promise<Segment> {
+    const handle = await this.fs.open(this.path(f.name), "readwrite");
+    try {
+      const scan = await scanSegment(handle, {
+        displayName: this.display(f.name),
+        mayHaveTornTail: true,
+        previousTerm,
+      });
+      let size = scan.fileBytes;
+      if (scan.damage !== undefined) {
+        if (scan.damage.kind === "corruption" && this.options.syncMode === "fsync") throw this.damageError(f.name, scan);
+        // A torn tail (or, in async mode, anything after the first bad record: unsynced writes
+        // may reach the disk in any order there) was never acknowledged durable. Cut it.
+        this.recovery.tornBytesCut = scan.fileBytes - scan.validEnd;
+        this.recovery.tornAt = {
+          file: this.display(f.name), offset: scan.damage.offset, index: scan.damage.index, reason: scan.damage.reason,
+        };
+        await handle.truncate(scan.validEnd);
+        await handle.datasync();
+        size = scan.validEnd;
+      }
+      for (const run of scan.termRuns) termRuns.note(run.firstIndex, run.term);
+      const seg = new Segment(f.header, f.name, false, scan.sparse, scan.lastIndex, size);
+      seg.handle = handle;
+      return seg;
+    } catch (e) {
+      await handle.close();
+      throw e;
+    }
+  }
+}
