@@ -154,6 +154,8 @@ export class IoError extends VerityError {
             ? "the file system is mounted read-only"
             : code === "ENOENT"
               ? "the path does not exist: check the --data-dir setting"
+              : code === "ENOTDIR"
+                ? "a part of the path is a file, not a directory: check the --data-dir setting"
               : code === "EIO"
                 ? "the disk reported a hardware error: check the kernel log (dmesg) and the disk's health"
                 : "check the path and the disk";

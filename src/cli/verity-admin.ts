@@ -1,0 +1,141 @@
+/**
+ * verity-admin: cluster and node operations, and offline checks of a data directory.
+ * This build has the offline log tools: `log verify`, `log dump` and `verify`.
+ */
+
+import { join } from "node:path";
+import { hideBin } from "yargs/helpers";
+import { NodeFileSystem } from "../log/node-fs.js";
+import { dumpLog, verifyLog, type VerifyReport } from "../log/offline.js";
+import { ExitCode, cli, formatBytes, run } from "./common.js";
+import { FailedPreconditionError } from "../errors.js";
+
+const NAME = "verity-admin";
+
+async function logDirOf(dataDir: string): Promise<string> {
+  const fs = new NodeFileSystem();
+  const st = await fs.stat(dataDir);
+  if (st === undefined || !st.isDirectory) {
+    throw new FailedPreconditionError(`${dataDir} is not a directory: pass the node's data directory with --data-dir`);
+  }
+  const logDir = join(dataDir, "log");
+  if ((await fs.stat(logDir)) === undefined) {
+    throw new FailedPreconditionError(`${dataDir} has no log/ directory: is it a VerityDB data directory?`);
+  }
+  return logDir;
+}
+
+function printVerify(report: VerifyReport, title: string): void {
+  const out = process.stdout;
+  out.write(`${title}: ${report.dir}\n`);
+  if (report.clusterId !== undefined) out.write(`  cluster ${report.clusterId}\n`);
+  for (const s of report.segments) {
+    const range = s.records > 0 ? `indexes ${s.firstIndex}..${s.lastIndex}` : "no records";
+    out.write(
+      `  ${s.file.padEnd(24)} ${(s.sealed ? "sealed" : "current").padEnd(8)} ${range.padEnd(28)} ` +
+        `${String(s.records).padStart(9)} records ${formatBytes(s.bytes).padStart(10)}  ${s.status}\n`,
+    );
+  }
+  for (const p of report.problems) {
+    const where = p.offset === undefined ? p.file : `${p.file} at byte offset ${p.offset}` + (p.index === undefined ? "" : ` (index ${p.index})`);
+    const label = p.severity === "corruption" ? "DAMAGE" : p.severity === "torn-tail" ? "TORN TAIL" : "note";
+    out.write(`  ${label}: ${where}: ${p.reason}\n`);
+  }
+  const range = report.firstIndex === undefined ? "empty log" : `first index ${report.firstIndex}, last index ${report.lastIndex}`;
+  const summary = `${report.segments.length} segments, ${report.records} records, ${report.bytes} bytes (${formatBytes(report.bytes)}), ${range}`;
+  if (report.ok) out.write(`OK: ${summary}\n`);
+  else {
+    const n = report.problems.filter((p) => p.severity === "corruption").length;
+    out.write(`FAILED: ${n} damaged ${n === 1 ? "place" : "places"} found; ${summary}\n`);
+    out.write("The node refuses to serve damaged ranges. Restore it from a backup (verity-restore) or let it re-sync from healthy peers.\n");
+  }
+}
+
+async function verifyCommand(dataDir: string, json: boolean, title: string): Promise<number> {
+  const report = await verifyLog(new NodeFileSystem(), await logDirOf(dataDir));
+  if (json) process.stdout.write(JSON.stringify(report) + "\n");
+  else printVerify(report, title);
+  return report.ok ? ExitCode.OK : ExitCode.FAILED;
+}
+
+async function dumpCommand(dataDir: string, from: number, limit: number, json: boolean): Promise<number> {
+  let damaged = false;
+  for await (const item of dumpLog(new NodeFileSystem(), await logDirOf(dataDir), from, limit)) {
+    if ("damage" in item) {
+      damaged = true;
+      const msg = `DAMAGE: ${item.file} at byte offset ${item.offset}: ${item.damage}`;
+      if (json) process.stdout.write(JSON.stringify({ file: item.file, offset: item.offset, damage: item.damage }) + "\n");
+      else process.stdout.write(msg + "\n");
+      break;
+    }
+    const e = item.entry;
+    const payload = Buffer.from(e.payload);
+    if (json) {
+      process.stdout.write(
+        JSON.stringify({
+          index: e.index, term: e.term, kind: e.kind, tenant: e.tenant, file: item.file, offset: item.offset,
+          payload_bytes: payload.length, payload_base64: payload.toString("base64"),
+        }) + "\n",
+      );
+    } else {
+      const preview = printable(payload);
+      process.stdout.write(
+        `index=${e.index} term=${e.term} kind=${e.kind} tenant=${e.tenant === "" ? "-" : e.tenant} bytes=${payload.length} ` +
+          `at=${item.file}:${item.offset} ${preview}\n`,
+      );
+    }
+  }
+  return damaged ? ExitCode.FAILED : ExitCode.OK;
+}
+
+/** The payload as text if it is printable UTF-8, else hex; cut at 64 characters. */
+function printable(payload: Buffer): string {
+  const text = payload.toString("utf8");
+  const ok = !text.includes("\uFFFD") && !/[\u0000-\u0008\u000e-\u001f]/.test(text);
+  const s = ok ? JSON.stringify(text) : "0x" + payload.toString("hex");
+  return s.length > 64 ? s.slice(0, 61) + "..." : s;
+}
+
+const dataDirOption = {
+  "data-dir": { type: "string", demandOption: true, describe: "The node's data directory (the one holding log/)" },
+  json: { type: "boolean", default: false, describe: "Print one machine-readable JSON object" },
+} as const;
+
+export async function main(argv: string[]): Promise<void> {
+  await cli(NAME, argv, "Operate VerityDB clusters and check data directories.", `${NAME} <command> [options]`)
+    .command("log", "Offline tools for a node's log", (y) =>
+      y
+        .command(
+          "verify",
+          "Check every segment: headers, checksums, dense indexes, non-decreasing terms",
+          (c) => c.options(dataDirOption),
+          (a) => run(NAME, () => verifyCommand(a["data-dir"], a.json, "log verify")),
+        )
+        .command(
+          "dump",
+          "Print the log's records",
+          (c) =>
+            c.options({
+              ...dataDirOption,
+              from: { type: "number", default: 1, describe: "First index to print" },
+              limit: { type: "number", default: 100, describe: "How many records at most" },
+            }).check((a) => {
+              if (!Number.isSafeInteger(a.from) || a.from < 1) throw new Error("--from must be a positive integer");
+              if (!Number.isSafeInteger(a.limit) || a.limit < 1) throw new Error("--limit must be a positive integer");
+              return true;
+            }),
+          (a) => run(NAME, () => dumpCommand(a["data-dir"], a.from, a.limit, a.json)),
+        )
+        .demandCommand(1, "log needs a subcommand: verify or dump"),
+    )
+    .command(
+      "verify",
+      "Check a data directory (log integrity now; projection checks join with projections)",
+      (c) => c.options(dataDirOption),
+      (a) => run(NAME, () => verifyCommand(a["data-dir"], a.json, "verify")),
+    )
+    .demandCommand(1, "a command is required")
+    .parseAsync();
+}
+
+await main(hideBin(process.argv));

@@ -1,0 +1,125 @@
+/**
+ * The data directory (DESIGN.md section 2):
+ *
+ *   <data_dir>/log/          the replicated log (SegmentedLog)
+ *   <data_dir>/projections/  per-tenant SQLite projections
+ *   <data_dir>/meta/state.json  node id, cluster id, term, vote
+ *   <data_dir>/wal/          projection write-ahead state and checkpoints
+ *   <data_dir>/LOCK          the PID of the process that has it open
+ *
+ * Opening checks, in order, each with a message that says what to do: the path is a writable
+ * directory; no other live process has it; meta/state.json is intact; its cluster id (if the caller
+ * expects one) and node id match; then the log opens and recovers.
+ */
+
+import { randomUUID } from "node:crypto";
+import { posix as pathPosix } from "node:path";
+import { FailedPreconditionError } from "../errors.js";
+import { DirLock } from "./dir-lock.js";
+import type { FileSystem } from "./fs-port.js";
+import { readMetaState, uuidBytes, writeMetaState, type MetaState } from "./meta-state.js";
+import { NodeFileSystem } from "./node-fs.js";
+import { SegmentedLog, type LogSink, type SyncMode } from "./segmented-log.js";
+
+export interface DataDirOptions {
+  path: string;
+  /** Defaults to the real disk. */
+  fs?: FileSystem;
+  /** This node's id; a data dir created for another node id is refused. Defaults to the stored one, or 1. */
+  nodeId?: number;
+  /** The cluster this node must belong to; a data dir of another cluster is refused. */
+  clusterId?: string;
+  /** Take the LOCK file (real disk only). Default true. */
+  lock?: boolean;
+  segmentBytes?: number;
+  recordBytesMax?: number;
+  syncMode?: SyncMode;
+  verifyOnOpen?: boolean;
+  logger?: LogSink;
+}
+
+export const DATA_DIR_SUBDIRS = ["log", "projections", "meta", "wal"] as const;
+
+export class DataDir {
+  private constructor(
+    readonly path: string,
+    private readonly fs: FileSystem,
+    private metaState: MetaState,
+    readonly log: SegmentedLog,
+    private readonly lock: DirLock | undefined,
+  ) {}
+
+  get meta(): Readonly<MetaState> {
+    return this.metaState;
+  }
+
+  get metaPath(): string {
+    return pathPosix.join(this.path, "meta", "state.json");
+  }
+
+  static async open(options: DataDirOptions): Promise<DataDir> {
+    const fs = options.fs ?? new NodeFileSystem();
+    const root = options.path;
+    const existing = await fs.stat(root);
+    if (existing !== undefined && !existing.isDirectory) {
+      throw new FailedPreconditionError(`the data directory ${root} is a file, not a directory; choose another --data-dir`);
+    }
+    await fs.mkdir(root);
+    await fs.checkWritableDir(root);
+    const lock = options.lock === false || !(fs instanceof NodeFileSystem) ? undefined : DirLock.acquire(root);
+    try {
+      for (const sub of DATA_DIR_SUBDIRS) await fs.mkdir(pathPosix.join(root, sub));
+      const metaPath = pathPosix.join(root, "meta", "state.json");
+      let meta = await readMetaState(fs, metaPath, "meta/state.json");
+      if (meta === undefined) {
+        meta = { nodeId: options.nodeId ?? 1, clusterId: options.clusterId ?? randomUUID(), term: 0, vote: 0 };
+        await writeMetaState(fs, metaPath, meta);
+      }
+      if (options.clusterId !== undefined && meta.clusterId !== options.clusterId) {
+        throw new FailedPreconditionError(
+          `the data directory ${root} belongs to cluster ${meta.clusterId}, not to cluster ${options.clusterId}: ` +
+            "refusing to open it. Point --data-dir at this node's own directory, or use an empty one to join fresh.",
+        );
+      }
+      if (options.nodeId !== undefined && meta.nodeId !== options.nodeId) {
+        throw new FailedPreconditionError(
+          `the data directory ${root} belongs to node ${meta.nodeId}, not to node ${options.nodeId}: ` +
+            "start this node with --node-id " + meta.nodeId + ", or give node " + options.nodeId + " its own --data-dir",
+        );
+      }
+      const log = await SegmentedLog.open({
+        dir: pathPosix.join(root, "log"),
+        fs,
+        clusterId: uuidBytes(meta.clusterId),
+        segmentBytes: options.segmentBytes,
+        recordBytesMax: options.recordBytesMax,
+        syncMode: options.syncMode,
+        verifyOnOpen: options.verifyOnOpen,
+        displayPrefix: "log/",
+        logger: options.logger,
+      });
+      return new DataDir(root, fs, meta, log, lock);
+    } catch (e) {
+      lock?.release();
+      throw e;
+    }
+  }
+
+  /** Durably records a new term and vote (Raft's hard state); the term never goes backwards. */
+  async saveTermAndVote(term: number, vote: number): Promise<void> {
+    if (term < this.metaState.term) {
+      throw new FailedPreconditionError(`refusing to move the term backwards from ${this.metaState.term} to ${term}`);
+    }
+    const next = { ...this.metaState, term, vote };
+    await writeMetaState(this.fs, this.metaPath, next);
+    this.metaState = next;
+  }
+
+  async close(): Promise<void> {
+    try {
+      await this.log.close();
+    } finally {
+      this.lock?.release();
+    }
+  }
+}
