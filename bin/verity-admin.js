@@ -1,2 +1,2 @@
 #!/usr/bin/env node
-import "../dist/cli/verity-admin.js";
+import "../dist/src/cli/verity-admin.js";

@@ -1,2 +1,2 @@
 #!/usr/bin/env node
-import "../dist/cli/verity-backup.js";
+import "../dist/src/cli/verity-backup.js";

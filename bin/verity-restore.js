@@ -1,2 +1,2 @@
 #!/usr/bin/env node
-import "../dist/cli/verity-restore.js";
+import "../dist/src/cli/verity-restore.js";

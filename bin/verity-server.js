@@ -1,2 +1,2 @@
 #!/usr/bin/env node
-import "../dist/cli/verity-server.js";
+import "../dist/src/cli/verity-server.js";

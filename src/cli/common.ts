@@ -8,7 +8,7 @@ import { VerityError } from "../errors.js";
 export const ExitCode = { OK: 0, FAILED: 1, USAGE: 2 } as const;
 
 export const VERSION: string = (
-  JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string }
+  JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string }
 ).version;
 
 /** A yargs parser with the house conventions: -h/--help, -V/--version, strict flags, exit 2 on bad usage. */

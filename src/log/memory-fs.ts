@@ -96,20 +96,24 @@ export class MemoryFileSystem implements FileSystem {
   private durableFiles = new Map<string, Inode>();
   private pendingDirOps: PendingDirOp[] = [];
   private dirs = new Set<string>(["/"]);
-  private faults = new Map<FaultableOperation, string>();
+  private faults = new Map<FaultableOperation, { code: string; pathIncludes: string }>();
   private handles = new Set<MemoryFileHandle>();
   /** Counts every operation, for tests that assert on syncs. */
   readonly counters = { writes: 0, datasyncs: 0, syncs: 0, dirSyncs: 0 };
 
-  /** The next call of `operation` fails with the given operating-system code (e.g. "EIO"). */
-  failNext(operation: FaultableOperation, code: string): void {
-    this.faults.set(operation, code);
+  /**
+   * The next call of `operation` (on a path containing `pathIncludes`, if given) fails with the
+   * given operating-system code (e.g. "EIO").
+   */
+  failNext(operation: FaultableOperation, code: string, pathIncludes = ""): void {
+    this.faults.set(operation, { code, pathIncludes });
   }
 
   /** @internal */
   checkFault(operation: FaultableOperation, path: string): void {
-    const code = this.faults.get(operation);
-    if (code === undefined) return;
+    const fault = this.faults.get(operation);
+    if (fault === undefined || !path.includes(fault.pathIncludes)) return;
+    const code = fault.code;
     this.faults.delete(operation);
     const err = Object.assign(new Error(`${code}: simulated fault`), { code });
     throw new IoError(path, operation, err);
