@@ -91,7 +91,10 @@ async function dumpCommand(dataDir: string, from: number, limit: number, json: b
 /** The payload as text if it is printable UTF-8, else hex; cut at 64 characters. */
 function printable(payload: Buffer): string {
   const text = payload.toString("utf8");
-  const ok = !text.includes("\uFFFD") && !/[\u0000-\u0008\u000e-\u001f]/.test(text);
+  const ok = !text.includes("\uFFFD") && ![...text].some((ch) => {
+    const c = ch.charCodeAt(0);
+    return c < 0x20 && c !== 0x09 && c !== 0x0a && c !== 0x0d;
+  });
   const s = ok ? JSON.stringify(text) : "0x" + payload.toString("hex");
   return s.length > 64 ? s.slice(0, 61) + "..." : s;
 }

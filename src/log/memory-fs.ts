@@ -63,7 +63,11 @@ function applyTruncate(data: Uint8Array, length: number): Uint8Array {
   return out;
 }
 
-type PendingDirOp = { kind: "link"; path: string; inode: Inode } | { kind: "unlink"; path: string };
+/** A rename is one atomic operation, as rename(2) is: a crash never leaves the file under neither name. */
+type PendingDirOp =
+  | { kind: "link"; path: string; inode: Inode }
+  | { kind: "unlink"; path: string }
+  | { kind: "rename"; path: string; from: string; inode: Inode };
 
 /** An operation whose next call can be made to fail. */
 export type FaultableOperation = "write" | "datasync" | "sync" | "read" | "open" | "rename" | "syncDir" | "truncate";
@@ -216,8 +220,8 @@ export class MemoryFileSystem implements FileSystem {
     if (inode === undefined) throw ioError(f, "rename", "ENOENT");
     this.requireDir(pathPosix.dirname(t), t);
     this.files.delete(f);
-    this.pendingDirOps.push({ kind: "unlink", path: f });
-    this.link(t, inode);
+    this.files.set(t, inode);
+    this.pendingDirOps.push({ kind: "rename", path: t, from: f, inode });
   }
 
   async unlink(path: string): Promise<void> {
@@ -233,7 +237,8 @@ export class MemoryFileSystem implements FileSystem {
     this.counters.dirSyncs++;
     const rest: PendingDirOp[] = [];
     for (const op of this.pendingDirOps) {
-      if (pathPosix.dirname(op.path) === dir) applyDirOp(this.durableFiles, op);
+      const touches = pathPosix.dirname(op.path) === dir || (op.kind === "rename" && pathPosix.dirname(op.from) === dir);
+      if (touches) applyDirOp(this.durableFiles, op);
       else rest.push(op);
     }
     this.pendingDirOps = rest;
@@ -297,8 +302,18 @@ function crashInode(
 }
 
 function applyDirOp(namespace: Map<string, Inode>, op: PendingDirOp): void {
-  if (op.kind === "link") namespace.set(op.path, op.inode);
-  else namespace.delete(op.path);
+  switch (op.kind) {
+    case "link":
+      namespace.set(op.path, op.inode);
+      return;
+    case "unlink":
+      namespace.delete(op.path);
+      return;
+    case "rename":
+      namespace.delete(op.from);
+      namespace.set(op.path, op.inode);
+      return;
+  }
 }
 
 function normalize(path: string): string {
