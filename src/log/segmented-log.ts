@@ -403,6 +403,9 @@ export class SegmentedLog {
     try {
       // Bounded by the queue: every pass takes at least one call off it.
       while (this.queue.length > 0) {
+        // Let every caller whose append just resolved queue its next one before the batch is cut:
+        // without this turn of the event loop the first caller back would get a batch to itself.
+        await new Promise<void>((resolve) => setImmediate(resolve));
         const batch = this.takeBatch();
         if (this.failure !== undefined) {
           for (const p of batch) p.reject(this.failure);

@@ -1,0 +1,154 @@
+/**
+ * `npm run bench -- log [--data-dir D] [--seconds S]`: appends 256-byte and 4 KiB records with 1,
+ * 16 and 256 concurrent appenders, fsync on, and in the same run measures this disk's raw limit: a
+ * plain loop writing the same bytes sequentially in 8 MiB chunks, each followed by fdatasync.
+ * Prints a table and writes bench/results/log.json. MB/s counts bytes written to the log (frames:
+ * payload plus 26 bytes of header and tenant), the same unit as the raw loop.
+ *
+ * With --data-dir D the log is kept in D (as D/log), so `verity-admin log verify --data-dir D`
+ * can check it afterwards.
+ */
+
+import { mkdirSync, mkdtempSync, openSync, closeSync, writeSync, fdatasyncSync, rmSync, writeFileSync, unlinkSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { randomFillSync, randomUUID } from "node:crypto";
+import { DataDir } from "../src/log/data-dir.js";
+import { RecordKind } from "../src/log/types.js";
+import type { SegmentedLog } from "../src/log/segmented-log.js";
+
+export interface LogCase {
+  record_bytes: number;
+  appenders: number;
+  records: number;
+  seconds: number;
+  records_per_s: number;
+  mb_per_s: number;
+  p50_ms: number;
+  p99_ms: number;
+}
+
+const MB = 1e6;
+const RAW_CHUNK_BYTES = 8 << 20;
+/** Stop a case early once it has written this much, so a fast disk does not fill up. */
+const CASE_BYTES_MAX = 2 * 2 ** 30;
+
+function percentile(sorted: Float64Array, p: number): number {
+  if (sorted.length === 0) return 0;
+  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
+}
+
+async function runCase(log: SegmentedLog, recordBytes: number, appenders: number, seconds: number): Promise<LogCase> {
+  const payload = randomFillSync(Buffer.alloc(recordBytes));
+  const tenant = "bench";
+  const frame = recordBytes + 26 + tenant.length;
+  const latencies: number[] = [];
+  let records = 0;
+  const start = performance.now();
+  const deadline = start + seconds * 1000;
+  const worker = async (): Promise<void> => {
+    // Bounded by the deadline and by CASE_BYTES_MAX.
+    while (performance.now() < deadline && records * frame < CASE_BYTES_MAX) {
+      const t0 = performance.now();
+      await log.append([{ term: 1, index: log.nextIndex, kind: RecordKind.EVENTS, tenant, payload }]);
+      latencies.push(performance.now() - t0);
+      records++;
+    }
+  };
+  await Promise.all(Array.from({ length: appenders }, worker));
+  const elapsed = (performance.now() - start) / 1000;
+  const sorted = Float64Array.from(latencies).sort();
+  return {
+    record_bytes: recordBytes,
+    appenders,
+    records,
+    seconds: round(elapsed, 3),
+    records_per_s: Math.round(records / elapsed),
+    mb_per_s: round((records * frame) / elapsed / MB, 1),
+    p50_ms: round(percentile(sorted, 0.5), 3),
+    p99_ms: round(percentile(sorted, 0.99), 3),
+  };
+}
+
+/** The disk's limit for this workload: sequential 8 MiB writes, each made durable with fdatasync. */
+function rawLimit(dir: string, seconds: number): number {
+  const file = join(dir, "raw-limit.bin");
+  const chunk = randomFillSync(Buffer.alloc(RAW_CHUNK_BYTES));
+  const fd = openSync(file, "w");
+  let written = 0;
+  const start = performance.now();
+  try {
+    // Bounded by the deadline and by CASE_BYTES_MAX.
+    while (performance.now() - start < seconds * 1000 && written < CASE_BYTES_MAX) {
+      writeSync(fd, chunk, 0, chunk.length, written);
+      fdatasyncSync(fd);
+      written += chunk.length;
+    }
+  } finally {
+    closeSync(fd);
+    unlinkSync(file);
+  }
+  return written / ((performance.now() - start) / 1000) / MB;
+}
+
+function round(n: number, digits: number): number {
+  const f = 10 ** digits;
+  return Math.round(n * f) / f;
+}
+
+export async function logBench(options: { dataDir?: string; seconds: number; resultsDir: string }): Promise<void> {
+  const keep = options.dataDir !== undefined;
+  const root = keep ? resolve(options.dataDir!) : mkdtempSync(join(tmpdir(), "verity-bench-"));
+  mkdirSync(root, { recursive: true });
+  const dir = await DataDir.open({ path: root, clusterId: undefined, nodeId: undefined });
+  const cases: LogCase[] = [];
+  let raw: number;
+  try {
+    // The raw limit first and last, averaged, so drift on a shared machine shows in both figures.
+    const rawBefore = rawLimit(root, options.seconds);
+    for (const recordBytes of [256, 4096]) {
+      for (const appenders of [1, 16, 256]) {
+        const c = await runCase(dir.log, recordBytes, appenders, options.seconds);
+        cases.push(c);
+        process.stderr.write(`  ${recordBytes} B x ${appenders} appenders: ${c.records_per_s} records/s, ${c.mb_per_s} MB/s\n`);
+      }
+    }
+    const rawAfter = rawLimit(root, options.seconds);
+    raw = (rawBefore + rawAfter) / 2;
+    process.stderr.write(`  raw limit: ${rawBefore.toFixed(1)} MB/s before, ${rawAfter.toFixed(1)} MB/s after\n`);
+  } finally {
+    await dir.close();
+    if (!keep) rmSync(root, { recursive: true, force: true });
+  }
+  const big = cases.find((c) => c.record_bytes === 4096 && c.appenders === 256)!;
+  const small = cases.find((c) => c.record_bytes === 256 && c.appenders === 256)!;
+  const result = {
+    benchmark: "log",
+    run_id: randomUUID(),
+    node: process.version,
+    seconds_per_case: options.seconds,
+    cases,
+    raw_mb_per_s: round(raw, 1),
+    ratio_4k_256: round(big.mb_per_s / raw, 3),
+    targets: { ratio_4k_256_min: 0.7, records_per_s_256b_256_min: 200_000 },
+    met: { ratio_4k_256: big.mb_per_s / raw >= 0.7, records_per_s_256b_256: small.records_per_s >= 200_000 },
+  };
+  mkdirSync(options.resultsDir, { recursive: true });
+  writeFileSync(join(options.resultsDir, "log.json"), JSON.stringify(result, null, 2) + "\n");
+  const line = (c: LogCase) =>
+    `| ${String(c.record_bytes).padStart(6)} | ${String(c.appenders).padStart(9)} | ${String(c.records_per_s).padStart(9)} | ${c.mb_per_s.toFixed(1).padStart(7)} | ${c.p50_ms.toFixed(3).padStart(7)} | ${c.p99_ms.toFixed(3).padStart(7)} |`;
+  const out = [
+    "",
+    "log append benchmark (fsync on)",
+    "| record | appenders | records/s |    MB/s |  p50 ms |  p99 ms |",
+    "|-------:|----------:|----------:|--------:|--------:|--------:|",
+    ...cases.map(line),
+    "",
+    `raw disk limit (8 MiB writes + fdatasync): ${result.raw_mb_per_s} MB/s`,
+    `4 KiB x 256: ${big.mb_per_s} MB/s = ${result.ratio_4k_256} of raw (target >= 0.7: ${result.met.ratio_4k_256 ? "met" : "NOT met"})`,
+    `256 B x 256: ${small.records_per_s} records/s (target >= 200000: ${result.met.records_per_s_256b_256 ? "met" : "NOT met"})`,
+    keep ? `log kept in ${root}: verity-admin log verify --data-dir ${root}` : "",
+    `results: ${join(options.resultsDir, "log.json")}`,
+  ];
+  process.stdout.write(out.join("\n") + "\n");
+}
