@@ -131,7 +131,8 @@ export async function verifyLog(fs: FileSystem, dir: string, displayPrefix = "lo
           });
         }
         expectSeq = scan.header.sequence + 1;
-        expectIndex = scan.lastIndex + 1;
+        // Past damage the segment's true end is unknown: do not report the next segment as a gap.
+        expectIndex = scan.damage === undefined ? scan.lastIndex + 1 : undefined;
         if (scan.records > 0) {
           report.firstIndex ??= scan.header.baseIndex;
           report.lastIndex = scan.lastIndex;
