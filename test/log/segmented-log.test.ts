@@ -241,7 +241,11 @@ describe("SegmentedLog on the in-memory file system", () => {
 
 describe("recovery on the real disk", () => {
   let cleanup: (() => void) | undefined;
-  afterEach(() => cleanup?.());
+  const opened: SegmentedLog[] = [];
+  afterEach(async () => {
+    for (const log of opened.splice(0)) await log.close();
+    cleanup?.();
+  });
 
   async function writeLog(records: number, size?: number): Promise<string> {
     const t = tempDir("recovery");
@@ -253,8 +257,11 @@ describe("recovery on the real disk", () => {
     return dir;
   }
 
-  const open = (dir: string, verifyOnOpen = true) =>
-    SegmentedLog.open({ dir, fs: new NodeFileSystem(), clusterId: CLUSTER_ID, segmentBytes: SEGMENT_BYTES_MIN, verifyOnOpen });
+  const open = async (dir: string, verifyOnOpen = true): Promise<SegmentedLog> => {
+    const log = await SegmentedLog.open({ dir, fs: new NodeFileSystem(), clusterId: CLUSTER_ID, segmentBytes: SEGMENT_BYTES_MIN, verifyOnOpen });
+    opened.push(log);
+    return log;
+  };
 
   it("cuts a torn tail (the file ends inside the last record) and reports the bytes cut", async () => {
     const dir = await writeLog(100);
