@@ -3,7 +3,7 @@
  * (`npm test` builds dist/ first.)
  */
 import { spawn, spawnSync } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { DataDir } from "../../src/log/data-dir.js";
@@ -129,6 +129,17 @@ describe("verity-server", () => {
     child.kill("SIGTERM");
     expect(await exit).toBe(0);
     expect(out).toMatch(/"message":"stopped"/);
+  });
+
+  it.runIf(process.getuid?.() === 0)("says clearly when the data directory is not writable", () => {
+    // Root ignores permission bits, so run the server as the unprivileged user "nobody".
+    const dd = join(tmp.path, "readonly");
+    mkdirSync(dd, { mode: 0o755 });
+    chmodSync(tmp.path, 0o755);
+    const r = spawnSync(process.execPath, [bin("verity-server"), "--data-dir", dd], { encoding: "utf8", uid: 65534, gid: 65534, timeout: 30_000 });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/cannot write to directory .*readonly: EACCES; check that the user running VerityDB owns the data directory/);
+    expect(r.stderr).not.toMatch(/\n\s+at /); // a message, not a stack trace
   });
 
   it("refuses a data directory of another node or cluster, and one that is a file", async () => {
