@@ -86,3 +86,54 @@ assert(BATCH_BYTES_MAX_DEFAULT <= BATCH_BYTES_MAX && BATCH_BYTES_MAX <= APPEND_Q
 assert(SEGMENT_BYTES_MAX + RECORD_BYTES_MAX * 2 < 2 ** 32);
 assert(SEGMENT_HEADER_BYTES >= 64 + SEGMENT_KEY_ID_BYTES_MAX + SEGMENT_WRAPPED_KEY_BYTES_MAX);
 assert(TENANT_ID_BYTES_MAX <= 255); // the frame stores the tenant length in one byte
+
+// ---- Consensus (src/consensus). Config defaults first, then hard bounds, then relationships. ----
+
+/** `election_ticks`: a follower that hears nothing for this many ticks (randomized up to twice it) campaigns. */
+export const ELECTION_TICKS_DEFAULT = 10;
+/** `heartbeat_ticks`: a leader sends heartbeats every this many ticks. */
+export const HEARTBEAT_TICKS_DEFAULT = 1;
+/** `max_entries_per_rpc`: the most entries one AppendEntries message carries. */
+export const ENTRIES_PER_RPC_MAX_DEFAULT = 100;
+/** The most entries one AppendEntries message may carry, whatever the config says. */
+export const ENTRIES_PER_RPC_MAX = 10_000;
+/** Payload bytes one AppendEntries message carries at most (it carries at least one entry). */
+export const APPEND_RPC_BYTES_MAX = 16 * MiB;
+/** AppendEntries messages in flight to one follower (unacknowledged) at most: the pipeline depth. */
+export const INFLIGHT_MESSAGES_MAX = 256;
+/** Payload bytes in flight to one follower at most. */
+export const INFLIGHT_BYTES_MAX = 32 * MiB;
+/** Voters plus learners in one cluster at most. */
+export const CLUSTER_NODES_MAX = 16;
+/** Entries the core keeps in memory that are durable and already handed out to apply (the read cache). */
+export const ENTRY_CACHE_ENTRIES_MAX = 4096;
+/** Payload bytes of that cache at most. */
+export const ENTRY_CACHE_BYTES_MAX = 64 * MiB;
+/** Payload bytes proposed but not yet durable at most; past it `propose` returns QUOTA_EXCEEDED. */
+export const UNSTABLE_BYTES_MAX = 128 * MiB;
+/** Entries one `propose` call may carry at most. */
+export const PROPOSAL_ENTRIES_MAX = 10_000;
+/** Payload bytes of committed entries one Ready batch hands out to apply at most (at least one entry). */
+export const APPLY_BATCH_BYTES_MAX = 16 * MiB;
+/** Read-index requests waiting for leadership confirmation at most; past it `readIndex` returns QUOTA_EXCEEDED. */
+export const READ_INDEX_PENDING_MAX = 4096;
+/** Outstanding fetch requests (entries the core asked the driver to load from disk) at most. */
+export const FETCH_REQUESTS_MAX = 64;
+/**
+ * Term runs the in-memory term index holds at most. One run per term that has entries, so this
+ * allows a million elections that each wrote a no-op; at 16 bytes a run it stays under 32 MiB.
+ */
+export const TERM_RUNS_MAX = 1_000_000;
+/** Membership configurations the core remembers at most: the latest committed one plus those not yet committed. */
+export const MEMBERSHIP_HISTORY_MAX = 64;
+
+assert(ELECTION_TICKS_DEFAULT > HEARTBEAT_TICKS_DEFAULT && HEARTBEAT_TICKS_DEFAULT >= 1);
+assert(1 <= ENTRIES_PER_RPC_MAX_DEFAULT && ENTRIES_PER_RPC_MAX_DEFAULT <= ENTRIES_PER_RPC_MAX);
+// A full AppendEntries message must fit in the in-flight byte window, or a follower could never be sent one.
+assert(APPEND_RPC_BYTES_MAX <= INFLIGHT_BYTES_MAX);
+// One record of the largest size must fit in one AppendEntries message and in one apply batch.
+assert(RECORD_BYTES_MAX <= APPEND_RPC_BYTES_MAX && RECORD_BYTES_MAX <= APPLY_BATCH_BYTES_MAX);
+// One client batch must be proposable without hitting the unstable bound on an idle leader.
+assert(BATCH_BYTES_MAX <= UNSTABLE_BYTES_MAX);
+assert(CLUSTER_NODES_MAX >= 7); // the guide's largest cluster, plus room for learners
+assert(MEMBERSHIP_HISTORY_MAX >= 2 && FETCH_REQUESTS_MAX >= CLUSTER_NODES_MAX);

@@ -189,7 +189,7 @@ export class SegmentedLog {
   private readonly logger: LogSink;
   /** Invariant: sorted by sequence, contiguous indexes; the last one is current (not sealed). */
   private segmentList: Segment[];
-  private readonly termRuns: TermRuns;
+  private readonly terms: TermRuns;
 
   private queue: PendingAppend[] = [];
   private queuedBytes = 0;
@@ -223,7 +223,7 @@ export class SegmentedLog {
     this.displayPrefix = options.displayPrefix;
     this.logger = options.logger;
     this.segmentList = segments;
-    this.termRuns = termRuns;
+    this.terms = termRuns;
     this.recovery = recovery;
     this.nextIndexValue = this.lastIndex + 1;
     this.lastQueuedTerm = this.lastTerm;
@@ -294,7 +294,7 @@ export class SegmentedLog {
 
   /** Term of the last entry, or 0 when the log is empty. */
   get lastTerm(): Term {
-    return (this.termRuns.termAt(this.lastIndex) ?? 0) as Term;
+    return (this.terms.termAt(this.lastIndex) ?? 0) as Term;
   }
 
   /** The index the next appended entry must carry (counts appends still queued). */
@@ -306,7 +306,12 @@ export class SegmentedLog {
   termAt(index: number): Term | undefined {
     if (index === 0) return 0 as Term;
     if (index < this.firstIndex || index > this.lastIndex) return undefined;
-    return this.termRuns.termAt(index);
+    return this.terms.termAt(index);
+  }
+
+  /** The first index of each term present in the log, oldest first (what the Raft core's term index starts from). */
+  termRuns(): TermRun[] {
+    return this.terms.runsBetween(this.firstIndex, this.lastIndex);
   }
 
   /** The segments, oldest first. */
@@ -486,7 +491,7 @@ export class SegmentedLog {
     if (sync) await seg.handle!.datasync();
     for (const n of notes) {
       seg.sparse.note(n.index, n.offset);
-      this.termRuns.note(n.index as LogIndex, n.term as Term);
+      this.terms.note(n.index as LogIndex, n.term as Term);
     }
     seg.sizeBytes += bytes.length;
     seg.lastIndex = notes[notes.length - 1]!.index;
@@ -524,7 +529,7 @@ export class SegmentedLog {
       segmentBytes: seg.sizeBytes,
       headerCrc: headerCrc(seg.header),
       entries: seg.sparse.entries(),
-      termRuns: this.termRuns.runsBetween(seg.baseIndex, seg.lastIndex),
+      termRuns: this.terms.runsBetween(seg.baseIndex, seg.lastIndex),
     });
     // Not fsync'd on purpose: an index file is checked before it is trusted and rebuilt if bad.
     const tmp = this.path(sparseIndexName(seg.sequence) + ".tmp");
@@ -785,9 +790,9 @@ export class SegmentedLog {
     target.sizeBytes = offset;
     target.lastIndex = fromIndex - 1;
     target.sparse.truncateFrom(fromIndex);
-    this.termRuns.truncateFrom(fromIndex);
+    this.terms.truncateFrom(fromIndex);
     this.nextIndexValue = fromIndex;
-    this.lastQueuedTerm = this.termRuns.termAt(fromIndex - 1) ?? 0;
+    this.lastQueuedTerm = this.terms.termAt(fromIndex - 1) ?? 0;
   }
 
   /** Byte offset of the record holding `index` in `seg` (its end, for lastIndex + 1). */

@@ -1,0 +1,220 @@
+/**
+ * The Ready driver: the only place consensus meets I/O (STYLE.md sections 1 and 2). It is written
+ * against small ports, so the server runs it on the real disk and network and the simulator runs
+ * the same code on the in-memory file system and a simulated network.
+ *
+ * Ordering rules (each one is tested in test/consensus/driver.test.ts):
+ *
+ * 1. A truncation the core asks for happens before the entries that replace the cut ones are
+ *    appended, and never at or below the commit index (the log refuses that too).
+ * 2. The entries of a Ready and its hard state (term, vote) are durable BEFORE any message of that
+ *    Ready is handed to the transport. So a vote is never granted, and an append is never
+ *    acknowledged, before the promise it makes survives a crash.
+ * 3. Committed entries are applied after rule 2 (they may include the entries just persisted), in
+ *    index order, one Ready at a time.
+ * 4. `advance` is called only after all of the above; the next Ready is taken only after that.
+ *    Inputs (`step`, `tick`, `propose`, ...) may arrive at any time; their output waits for the
+ *    next Ready.
+ * 5. After any port fails, the driver stops: it takes no further Ready, sends nothing more, and
+ *    reports the failure. A node that cannot persist must not keep talking (its promises would
+ *    not survive); the process restarts and recovers from what is on disk.
+ */
+
+import type { LogEntry, LogIndex, NodeId } from "../log/types.js";
+import { invariant } from "../errors.js";
+import type { RaftCore } from "./raft.js";
+import type { FetchRequest, HardState, Message, ReadState, Ready, SoftState, TermRun } from "./types.js";
+
+/** The log storage the driver persists to; `SegmentedLog` implements it. */
+export interface LogStoragePort {
+  readonly firstIndex: LogIndex;
+  readonly lastIndex: LogIndex;
+  termRuns(): readonly TermRun[];
+  /** Resolves once the entries are durable (fsync mode). */
+  append(entries: readonly { term: number; index: number; kind: number; tenant: string; payload: Uint8Array }[]): Promise<void>;
+  /** Entries in [from, to), at most `maxBytes` of payload but at least one entry. */
+  read(from: number, to: number, maxBytes: number): Promise<LogEntry[]>;
+  /** Cuts every entry from `fromIndex` on; refuses fromIndex <= committedIndex. */
+  truncateSuffix(fromIndex: number, committedIndex: number): Promise<void>;
+}
+
+/** Where term and vote are made durable (meta/state.json through `DataDir.saveTermAndVote`). */
+export interface HardStatePort {
+  saveTermAndVote(term: number, vote: number): Promise<void>;
+}
+
+/** Sends messages to peers. Delivery is best effort: it may drop, delay or reorder them. */
+export interface TransportPort {
+  send(messages: readonly Message[]): void;
+}
+
+/** Applies committed entries to the state machine (the projections), in index order. */
+export interface StateMachinePort {
+  apply(entries: readonly LogEntry[]): Promise<void> | void;
+}
+
+/** Everything the driver reports outward (status, metrics, waiting readers and proposers). */
+export interface DriverObserver {
+  onSoftState?(state: SoftState): void;
+  onHardState?(state: HardState): void;
+  onReadStates?(states: readonly ReadState[]): void;
+  /** Committed entries, after they were applied. */
+  onApplied?(entries: readonly LogEntry[]): void;
+  /** A port failed; the driver has stopped. */
+  onFailure?(error: unknown): void;
+}
+
+export interface DriverPorts {
+  log: LogStoragePort;
+  hardState: HardStatePort;
+  transport: TransportPort;
+  stateMachine: StateMachinePort;
+  observer?: DriverObserver;
+}
+
+export class RaftDriver {
+  /** The loop currently draining Ready batches, if any. Invariant: at most one. */
+  private loop: Promise<void> | undefined;
+  private failure: unknown = undefined;
+  private stopped = false;
+  /** What is durable in meta/state.json; written only when term or vote changes. */
+  private savedTerm: number;
+  private savedVote: number;
+  /** Highest commit index the driver has seen, the floor for truncations. */
+  private commitIndex: number;
+  /** Fetches being read from the log, by start index (the core bounds how many it asks for). */
+  private readonly fetching = new Set<number>();
+
+  constructor(
+    private readonly core: RaftCore,
+    private readonly ports: DriverPorts,
+  ) {
+    const hs = core.hardState();
+    this.savedTerm = hs.term;
+    this.savedVote = hs.vote;
+    this.commitIndex = hs.commit;
+  }
+
+  /** The core, for read-only queries (status). Inputs go through the driver so it can run the loop. */
+  get raft(): RaftCore {
+    return this.core;
+  }
+
+  /** The failure that stopped the driver, if one did. */
+  get failed(): unknown {
+    return this.failure;
+  }
+
+  /** Feeds a message from a peer. */
+  step(message: Message): void {
+    if (this.stopped) return;
+    this.core.step(message);
+    this.kick();
+  }
+
+  /** One unit of logical time (the server's ticker or the simulator's clock calls this). */
+  tick(): void {
+    if (this.stopped) return;
+    this.core.tick();
+    this.kick();
+  }
+
+  /** Runs `input` against the core (propose, readIndex, transferLeader, changeMembership, campaign), then the loop. */
+  input<T>(input: (core: RaftCore) => T): T {
+    invariant(!this.stopped, "input after the driver stopped");
+    const result = input(this.core);
+    this.kick();
+    return result;
+  }
+
+  /** Resolves when no Ready is being handled and none is waiting. */
+  async idle(): Promise<void> {
+    // Bounded: each pass waits for one loop, which ends when the core has nothing ready.
+    while (this.loop !== undefined) await this.loop;
+  }
+
+  /** Stops taking Ready batches; what is in flight finishes. Idempotent. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.idle();
+  }
+
+  private kick(): void {
+    if (this.stopped || this.loop !== undefined) return;
+    this.loop = this.run().finally(() => {
+      this.loop = undefined;
+    });
+  }
+
+  private async run(): Promise<void> {
+    // Bounded: every pass handles one Ready; the core produces output only in response to inputs.
+    while (!this.stopped && this.core.hasReady()) {
+      const ready = this.core.ready();
+      try {
+        await this.handle(ready);
+      } catch (e) {
+        this.stopped = true;
+        this.failure = e;
+        this.ports.observer?.onFailure?.(e);
+        return;
+      }
+      this.core.advance(ready);
+    }
+  }
+
+  private async handle(ready: Ready): Promise<void> {
+    const { log, hardState, transport, stateMachine, observer } = this.ports;
+    if (ready.softState !== undefined) observer?.onSoftState?.(ready.softState);
+    // Rule 1: cut before appending what replaces the cut entries.
+    if (ready.truncateFrom !== undefined) await log.truncateSuffix(ready.truncateFrom, this.commitIndex);
+    // Rule 2: entries and term/vote durable, together, before any message leaves.
+    const durable: Array<Promise<void>> = [];
+    if (ready.entries.length > 0) durable.push(log.append(ready.entries));
+    const hs = ready.hardState;
+    if (hs !== undefined && (hs.term !== this.savedTerm || hs.vote !== this.savedVote)) {
+      durable.push(hardState.saveTermAndVote(hs.term, hs.vote));
+    }
+    await Promise.all(durable);
+    if (hs !== undefined) {
+      this.savedTerm = hs.term;
+      this.savedVote = hs.vote;
+      this.commitIndex = Math.max(this.commitIndex, hs.commit);
+      observer?.onHardState?.(hs);
+    }
+    if (ready.messages.length > 0) transport.send(ready.messages);
+    // Rule 3: apply after persistence, in order.
+    if (ready.committedEntries.length > 0) {
+      await stateMachine.apply(ready.committedEntries);
+      observer?.onApplied?.(ready.committedEntries);
+    }
+    if (ready.readStates.length > 0) observer?.onReadStates?.(ready.readStates);
+    for (const fetch of ready.fetches) this.startFetch(fetch);
+  }
+
+  /** Reads entries the core no longer holds and hands them back; a failed read stops the driver. */
+  private startFetch(fetch: FetchRequest): void {
+    if (this.fetching.has(fetch.from)) return;
+    this.fetching.add(fetch.from);
+    const to = Math.min(fetch.to, this.ports.log.lastIndex + 1);
+    const read = fetch.from >= to ? Promise.resolve([]) : this.ports.log.read(fetch.from, to, fetch.bytesMax);
+    read.then(
+      (entries) => {
+        this.fetching.delete(fetch.from);
+        if (this.stopped) return;
+        this.core.entriesLoaded(fetch, entries);
+        this.kick();
+      },
+      (e: unknown) => {
+        this.fetching.delete(fetch.from);
+        this.stopped = true;
+        this.failure = e;
+        this.ports.observer?.onFailure?.(e);
+      },
+    );
+  }
+}
+
+/** The ids a message set is addressed to (for transports that batch per peer). */
+export function recipients(messages: readonly Message[]): NodeId[] {
+  return [...new Set(messages.map((m) => m.to))];
+}
