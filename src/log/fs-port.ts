@@ -14,7 +14,12 @@ export type OpenMode =
   /** Read and write; the file must exist. */
   | "readwrite"
   /** Read and write; the file must NOT exist (created empty). */
-  | "create-exclusive";
+  | "create-exclusive"
+  /**
+   * Read and write with O_DSYNC; the file must exist. Every `write` is durable when it resolves
+   * (data and size, as if followed by fdatasync), in one system call instead of two.
+   */
+  | "readwrite-dsync";
 
 export interface FileHandle {
   /** The path this handle was opened with. */

@@ -173,7 +173,7 @@ export class MemoryFileSystem implements FileSystem {
     } else if (inode === undefined) {
       throw ioError(p, "open", this.dirs.has(p) ? "EISDIR" : "ENOENT");
     }
-    const handle = new MemoryFileHandle(this, p, inode, mode !== "read");
+    const handle = new MemoryFileHandle(this, p, inode, mode !== "read", mode === "readwrite-dsync");
     this.handles.add(handle);
     return handle;
   }
@@ -332,6 +332,8 @@ class MemoryFileHandle implements FileHandle {
     readonly path: string,
     private readonly inode: Inode,
     private readonly writable: boolean,
+    /** O_DSYNC: each write is durable when it returns. */
+    private readonly dsync: boolean,
   ) {}
 
   invalidate(): void {
@@ -357,6 +359,13 @@ class MemoryFileHandle implements FileHandle {
     if (!this.writable) throw ioError(this.path, "write", "EBADF");
     this.fs.counters.writes++;
     this.inode.write(position, buffer.subarray(offset, offset + length));
+    if (this.dsync) {
+      // The data reached the page cache; a "datasync" fault fails the durable half, as EIO from an
+      // O_DSYNC write does, leaving the bytes cached but not on disk.
+      this.fs.checkFault("datasync", this.path);
+      this.fs.counters.datasyncs++;
+      this.inode.sync();
+    }
   }
 
   async datasync(): Promise<void> {

@@ -12,6 +12,7 @@ const OPEN_FLAGS: Record<OpenMode, number> = {
   read: fsConstants.O_RDONLY,
   readwrite: fsConstants.O_RDWR,
   "create-exclusive": fsConstants.O_RDWR | fsConstants.O_CREAT | fsConstants.O_EXCL,
+  "readwrite-dsync": fsConstants.O_RDWR | fsConstants.O_DSYNC,
 };
 
 /** Short writes are rare but legal; bound the retries so a broken disk cannot spin us forever. */

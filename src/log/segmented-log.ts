@@ -488,7 +488,8 @@ export class SegmentedLog {
     if (bytes.length === 0) return;
     const seg = this.current;
     await seg.handle!.write(bytes, 0, bytes.length, seg.sizeBytes);
-    if (sync) await seg.handle!.datasync();
+    // In fsync mode the current segment is open with O_DSYNC: the write itself was durable.
+    if (sync && this.syncMode === "async") await seg.handle!.datasync();
     for (const n of notes) {
       seg.sparse.note(n.index, n.offset);
       this.terms.note(n.index as LogIndex, n.term as Term);
@@ -517,7 +518,7 @@ export class SegmentedLog {
       clusterId: this.clusterId,
       baseIndex: (seg.lastIndex + 1) as LogIndex,
       encryption: { algorithm: EncryptionAlgorithm.NONE, keyId: new Uint8Array(0), wrappedKey: new Uint8Array(0) },
-    });
+    }, this.syncMode);
     this.segmentList.push(next);
     this.releaseIdleHandles();
   }
@@ -776,7 +777,7 @@ export class SegmentedLog {
     }
     this.segmentList = this.segmentList.slice(0, targetPos + 1);
     await this.closeHandle(target);
-    const handle = await this.fs.open(this.path(target.name), "readwrite");
+    const handle = await this.fs.open(this.path(target.name), appendMode(this.syncMode));
     await handle.truncate(offset);
     await handle.datasync();
     if (target.sealed) {
@@ -850,17 +851,27 @@ async function unlinkIfExists(fs: FileSystem, path: string): Promise<void> {
   if ((await fs.stat(path)) !== undefined) await fs.unlink(path);
 }
 
-async function createSegment(fs: FileSystem, dir: string, header: SegmentHeader): Promise<Segment> {
+/** How the segment being appended to is opened: with O_DSYNC in fsync mode (one syscall a group commit). */
+function appendMode(syncMode: SyncMode): "readwrite-dsync" | "readwrite" {
+  return syncMode === "fsync" ? "readwrite-dsync" : "readwrite";
+}
+
+async function createSegment(fs: FileSystem, dir: string, header: SegmentHeader, syncMode: SyncMode): Promise<Segment> {
   const tmp = pathPosix.join(dir, CURRENT_SEGMENT_NAME + ".tmp");
   await unlinkIfExists(fs, tmp);
   const bytes = encodeSegmentHeader(header);
-  const handle = await fs.open(tmp, "create-exclusive");
-  await handle.write(bytes, 0, bytes.length, 0);
-  await handle.datasync();
-  await fs.rename(tmp, pathPosix.join(dir, CURRENT_SEGMENT_NAME));
+  const created = await fs.open(tmp, "create-exclusive");
+  try {
+    await created.write(bytes, 0, bytes.length, 0);
+    await created.datasync();
+  } finally {
+    await created.close();
+  }
+  const path = pathPosix.join(dir, CURRENT_SEGMENT_NAME);
+  await fs.rename(tmp, path);
   await fs.syncDir(dir);
   const seg = new Segment(header, CURRENT_SEGMENT_NAME, false, new SparseIndex(), header.baseIndex - 1, SEGMENT_HEADER_BYTES);
-  seg.handle = handle;
+  seg.handle = await fs.open(path, appendMode(syncMode));
   return seg;
 }
 
@@ -1041,7 +1052,7 @@ class Loader {
           clusterId: this.options.clusterId,
           baseIndex: base as LogIndex,
           encryption: { algorithm: EncryptionAlgorithm.NONE, keyId: new Uint8Array(0), wrappedKey: new Uint8Array(0) },
-        }),
+        }, this.options.syncMode),
       );
     }
     return { segments, termRuns };
@@ -1094,7 +1105,7 @@ class Loader {
   }
 
   private async loadCurrent(f: FoundFile, previousTerm: number, termRuns: TermRuns): Promise<Segment> {
-    const handle = await this.fs.open(this.path(f.name), "readwrite");
+    const handle = await this.fs.open(this.path(f.name), appendMode(this.options.syncMode));
     try {
       const scan = await scanSegment(handle, {
         displayName: this.display(f.name),
