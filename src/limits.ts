@@ -117,6 +117,11 @@ export const PROPOSAL_ENTRIES_MAX = 10_000;
 export const APPLY_BATCH_BYTES_MAX = 16 * MiB;
 /** Read-index requests waiting for leadership confirmation at most; past it `readIndex` returns QUOTA_EXCEEDED. */
 export const READ_INDEX_PENDING_MAX = 4096;
+/**
+ * Messages waiting in the core for the next Ready at most. Past it new messages are dropped (Raft
+ * tolerates lost messages; the driver should take a Ready after every input anyway).
+ */
+export const OUTBOX_MESSAGES_MAX = 65_536;
 /** Outstanding fetch requests (entries the core asked the driver to load from disk) at most. */
 export const FETCH_REQUESTS_MAX = 64;
 /**
@@ -137,3 +142,5 @@ assert(RECORD_BYTES_MAX <= APPEND_RPC_BYTES_MAX && RECORD_BYTES_MAX <= APPLY_BAT
 assert(BATCH_BYTES_MAX <= UNSTABLE_BYTES_MAX);
 assert(CLUSTER_NODES_MAX >= 7); // the guide's largest cluster, plus room for learners
 assert(MEMBERSHIP_HISTORY_MAX >= 2 && FETCH_REQUESTS_MAX >= CLUSTER_NODES_MAX);
+// A full pipeline to every peer fits in the outbox, with room for heartbeats and votes.
+assert(OUTBOX_MESSAGES_MAX >= 2 * INFLIGHT_MESSAGES_MAX * CLUSTER_NODES_MAX);

@@ -23,7 +23,7 @@
 import type { LogEntry, LogIndex, NodeId } from "../log/types.js";
 import { invariant } from "../errors.js";
 import type { RaftCore } from "./raft.js";
-import type { FetchRequest, HardState, Message, ReadState, Ready, SoftState, TermRun } from "./types.js";
+import type { CatchUpRequest, FetchRequest, HardState, Message, ReadState, Ready, SoftState, TermRun } from "./types.js";
 
 /** The log storage the driver persists to; `SegmentedLog` implements it. */
 export interface LogStoragePort {
@@ -64,11 +64,21 @@ export interface DriverObserver {
   onFailure?(error: unknown): void;
 }
 
+/**
+ * Streams whole committed segments to a follower that needs entries the leader's log no longer
+ * holds (or is far behind); resolves with the last index sent, or undefined when it failed.
+ * The server wires this to gRPC; without it, catch-up requests are answered as failed.
+ */
+export interface CatchUpPort {
+  streamSegments(request: CatchUpRequest): Promise<LogIndex | undefined>;
+}
+
 export interface DriverPorts {
   log: LogStoragePort;
   hardState: HardStatePort;
   transport: TransportPort;
   stateMachine: StateMachinePort;
+  catchUp?: CatchUpPort;
   observer?: DriverObserver;
 }
 
@@ -189,6 +199,18 @@ export class RaftDriver {
     }
     if (ready.readStates.length > 0) observer?.onReadStates?.(ready.readStates);
     for (const fetch of ready.fetches) this.startFetch(fetch);
+    for (const request of ready.catchUps) this.startCatchUp(request);
+  }
+
+  /** Hands a catch-up to the streaming port; its outcome goes back to the core whenever it ends. */
+  private startCatchUp(request: CatchUpRequest): void {
+    const port = this.ports.catchUp;
+    const done = port === undefined ? Promise.resolve(undefined) : port.streamSegments(request).catch(() => undefined);
+    void done.then((lastIndexSent) => {
+      if (this.stopped) return;
+      this.core.catchUpFinished(request.to, lastIndexSent);
+      this.kick();
+    });
   }
 
   /** Reads entries the core no longer holds and hands them back; a failed read stops the driver. */

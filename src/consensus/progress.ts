@@ -70,6 +70,8 @@ export const ProgressState = {
   PROBE: "PROBE",
   /** Match known: stream AppendEntries optimistically, up to the in-flight window. */
   REPLICATE: "REPLICATE",
+  /** Segments are being streamed to the follower (Ready.catchUps): no AppendEntries until it ends. */
+  CATCH_UP: "CATCH_UP",
 } as const;
 export type ProgressState = (typeof ProgressState)[keyof typeof ProgressState];
 
@@ -100,6 +102,8 @@ export class Progress {
         return this.probeSent;
       case ProgressState.REPLICATE:
         return this.inflights.full();
+      case ProgressState.CATCH_UP:
+        return true;
       default:
         return assertNever(this.state);
     }
@@ -110,6 +114,12 @@ export class Progress {
     this.probeSent = false;
     this.inflights.reset();
     this.next = (this.match + 1) as LogIndex;
+  }
+
+  becomeCatchUp(): void {
+    this.state = ProgressState.CATCH_UP;
+    this.probeSent = false;
+    this.inflights.reset();
   }
 
   becomeReplicate(): void {
@@ -139,6 +149,9 @@ export class Progress {
           this.inflights.add(lastIndex, bytes);
           this.next = (lastIndex + 1) as LogIndex;
         }
+        return;
+      case ProgressState.CATCH_UP:
+        invariant(false, "AppendEntries sent to a follower being caught up by segment streaming");
         return;
       default:
         assertNever(this.state);

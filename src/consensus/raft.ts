@@ -2,7 +2,8 @@
  * The pure, synchronous Raft core (in the manner of etcd-io/raft `raft.go` and `rawnode.go`).
  *
  * Inputs: `step` (a message from a peer), `tick` (one unit of logical time), `propose`,
- * `readIndex`, `transferLeader`, `changeMembership`, `campaign`, `entriesLoaded`. Output: a `Ready`
+ * `readIndex`, `transferLeader`, `changeMembership`, `campaign`, and the answers to its requests to
+ * the driver, `entriesLoaded` and `catchUpFinished`. Output: a `Ready`
  * batch (types.ts documents the order the driver must handle it in), acknowledged by `advance`.
  * No I/O, no timers, no wall clock; randomness only from the injected PRNG (STYLE.md section 1).
  *
@@ -18,6 +19,7 @@ import {
   ENTRIES_PER_RPC_MAX,
   FETCH_REQUESTS_MAX,
   MEMBERSHIP_HISTORY_MAX,
+  OUTBOX_MESSAGES_MAX,
   PROPOSAL_ENTRIES_MAX,
   READ_INDEX_PENDING_MAX,
   RECORD_BYTES_MAX,
@@ -43,6 +45,7 @@ import {
   type Accepted,
   type AppendRequest,
   type AppendResponse,
+  type CatchUpRequest,
   type ChangeResult,
   type FetchRequest,
   type HardState,
@@ -82,6 +85,12 @@ export interface RaftConfig {
   /** Payload bytes in flight per follower at most. */
   readonly inflightBytesMax: number;
   readonly prng: Prng;
+  /**
+   * A follower more than this many entries behind is caught up by segment streaming
+   * (Ready.catchUps) rather than by AppendEntries; undefined: only when the entries are not in this
+   * node's log at all.
+   */
+  readonly catchUpLagEntries?: number;
   /** Receives one line per notable event (elections, step-downs, truncations); for logs and transcripts. */
   readonly onEvent?: (line: string) => void;
 }
@@ -97,7 +106,12 @@ export interface RaftStartState {
    * configuration from the leader's log.
    */
   readonly membership: readonly MembershipAt[];
-  /** The last index applied to the state machine (the projections); entries after it are handed out again. */
+  /**
+   * The last index applied to the state machine (the projections); entries after it are handed out
+   * again. Invariant: appliedIndex <= hardState.commit. A driver that does not persist the commit
+   * index may pass commit = appliedIndex: only committed entries are ever applied, and the rest of
+   * the commit index is learned again from the leader.
+   */
   readonly appliedIndex: LogIndex;
 }
 
@@ -153,6 +167,9 @@ export function validateRaftConfig(config: RaftConfig): string | undefined {
     return `append bytes per message must be in [1, ${APPEND_RPC_BYTES_MAX}]`;
   }
   if (config.inflightMessagesMax < 1 || config.inflightBytesMax < 1) return "the in-flight window must allow one message";
+  if (config.catchUpLagEntries !== undefined && (!Number.isSafeInteger(config.catchUpLagEntries) || config.catchUpLagEntries < 1)) {
+    return `the catch-up lag must be a positive integer, got ${config.catchUpLagEntries}`;
+  }
   return undefined;
 }
 
@@ -200,6 +217,8 @@ export class RaftCore {
   private outbox: Message[] = [];
   private readStates: ReadState[] = [];
   private fetchesToSend: FetchRequest[] = [];
+  /** At most one per follower (a follower in CATCH_UP gets no second request). */
+  private catchUpsToSend: CatchUpRequest[] = [];
   /** Fetches handed to the driver and not yet answered, keyed by `from`. Bounded by FETCH_REQUESTS_MAX. */
   private readonly fetchesOutstanding = new Map<LogIndex, FetchRequest>();
   /** Entries the driver loaded for the apply path: they start at applying + 1. */
@@ -402,6 +421,21 @@ export class RaftCore {
     }
   }
 
+  /**
+   * The answer to a CatchUpRequest: the last index streamed to `to`, or undefined when streaming
+   * failed. The leader resumes probing `to` from there (the follower confirms or corrects it).
+   */
+  catchUpFinished(to: NodeId, lastIndexSent: LogIndex | undefined): void {
+    const progress = this.progress.get(to);
+    if (this.role !== Role.LEADER || progress === undefined || progress.state !== ProgressState.CATCH_UP) return;
+    progress.becomeProbe();
+    if (lastIndexSent !== undefined && lastIndexSent > progress.match) {
+      progress.next = (Math.min(lastIndexSent, this.log.lastIndex) + 1) as LogIndex;
+    }
+    this.event(`${this.id} finished catching up ${to} by segments ${lastIndexSent === undefined ? "(failed)" : `up to ${lastIndexSent}`}`);
+    this.sendAppends(to, true);
+  }
+
   // =================================================================== Ready
 
   /** True when `ready()` would return something to do. */
@@ -412,6 +446,7 @@ export class RaftCore {
       this.outbox.length > 0 ||
       this.readStates.length > 0 ||
       this.fetchesToSend.length > 0 ||
+      this.catchUpsToSend.length > 0 ||
       this.log.hasUnpersisted() ||
       this.loadedForApply.length > 0 ||
       (this.log.applying < this.log.committed && this.log.nextToApply(APPLY_BATCH_BYTES_MAX) !== undefined) ||
@@ -437,12 +472,14 @@ export class RaftCore {
       committedEntries,
       readStates: this.readStates,
       fetches: this.fetchesToSend,
+      catchUps: this.catchUpsToSend,
     };
     this.lastHardState = hardState;
     this.lastSoftState = softState;
     this.outbox = [];
     this.readStates = [];
     this.fetchesToSend = [];
+    this.catchUpsToSend = [];
     this.outstanding = result;
     return result;
   }
@@ -839,10 +876,8 @@ export class RaftCore {
     if (progress.isPaused() || progress.fetchPending) return false;
     const prevIndex = (progress.next - 1) as LogIndex;
     const prevTerm = this.log.termAt(prevIndex);
-    if (prevTerm === undefined) {
-      // The follower needs entries before this log's first index (this node was restored from a
-      // backup). Bulk catch-up by segment streaming is not part of the core yet.
-      this.event(`${this.id} cannot replicate to ${to}: it needs index ${progress.next}, before this log's first index`);
+    if (prevTerm === undefined || this.laggingTooFar(progress)) {
+      this.startCatchUp(to, progress);
       return false;
     }
     let entries: readonly LogEntry[] = [];
@@ -870,6 +905,22 @@ export class RaftCore {
     });
     progress.sentEntries(last, payloadBytes(entries), entries.length);
     return true;
+  }
+
+  /**
+   * In PROBE (where `next` is the follower's own hint), more than catchUpLagEntries behind in
+   * committed entries: only those can be streamed, so a catch-up always ends past them.
+   */
+  private laggingTooFar(progress: Progress): boolean {
+    const lag = this.config.catchUpLagEntries;
+    return lag !== undefined && progress.state === ProgressState.PROBE && this.log.committed - progress.next + 1 > lag;
+  }
+
+  /** Hands a follower that AppendEntries cannot (or should not) reach to segment streaming. */
+  private startCatchUp(to: NodeId, progress: Progress): void {
+    progress.becomeCatchUp();
+    this.catchUpsToSend.push({ to, fromIndex: progress.next, upToIndex: this.log.committed });
+    this.event(`${this.id} catches up ${to} by streaming segments from index ${progress.next} (up to ${this.log.committed})`);
   }
 
   private requestFetch(progress: Progress, end: LogIndex): void {
@@ -903,6 +954,8 @@ export class RaftCore {
       case ProgressState.REPLICATE:
         progress.inflights.freeUpTo(message.matchIndex);
         break;
+      case ProgressState.CATCH_UP:
+        break; // an answer from before the streaming began; catchUpFinished resumes replication
       default:
         assertNever(progress.state);
     }
@@ -916,6 +969,7 @@ export class RaftCore {
 
   /** Fast backtracking: jump over a whole conflicting term at once, not one index per round trip. */
   private handleAppendRejection(from: NodeId, progress: Progress, message: AppendResponse & { success: false }): void {
+    if (progress.state === ProgressState.CATCH_UP) return;
     const stale =
       progress.state === ProgressState.REPLICATE
         ? message.rejectedPrevIndex <= progress.match
@@ -1197,6 +1251,10 @@ export class RaftCore {
   }
 
   private send(message: Message): void {
+    if (this.outbox.length >= OUTBOX_MESSAGES_MAX) {
+      this.event(`${this.id} drops ${message.type} to ${message.to}: ${OUTBOX_MESSAGES_MAX} messages wait for a Ready (OUTBOX_MESSAGES_MAX)`);
+      return;
+    }
     this.outbox.push(message);
   }
 

@@ -160,15 +160,33 @@ export interface FetchRequest {
 }
 
 /**
+ * Bulk catch-up (DESIGN.md section 4): follower `to` lacks entries from `fromIndex` on that this
+ * leader either no longer holds (its log starts later, e.g. after a restore) or that are too many to
+ * send entry by entry (more than `RaftConfig.catchUpLagEntries`). The leader's driver streams whole
+ * sealed, committed segments covering [fromIndex, upToIndex] to the follower (the peer gRPC
+ * service's segment stream); the follower's driver installs them in its log and rebuilds its core
+ * from disk (a new RaftCore from the new log state). The leader's driver then calls
+ * `catchUpFinished(to, lastIndexSent)`, or `catchUpFinished(to, undefined)` when streaming failed;
+ * until then the leader sends this follower heartbeats but no AppendEntries.
+ */
+export interface CatchUpRequest {
+  readonly to: NodeId;
+  readonly fromIndex: LogIndex;
+  /** The leader's commit index when asked: only committed (hence immutable) segments are streamed. */
+  readonly upToIndex: LogIndex;
+}
+
+/**
  * The output of the core. The driver must handle a Ready in this order:
  * 1. if `truncateFrom` is set, cut the log from that index (never at or below the commit index);
  * 2. append `entries` and write `hardState`, and make both durable;
  * 3. only then send `messages` (a vote or an acknowledgement must never precede its durability);
  * 4. apply `committedEntries` in order (they may include entries from step 2, hence after it);
- * 5. answer `readStates`, start `fetches`;
+ * 5. answer `readStates`, start `fetches` and `catchUps` (both answered later, at any time);
  * 6. call `advance(ready)`.
- * Calls to `step`, `tick`, `propose` and the like may arrive between `ready()` and `advance()`;
- * their output goes into the next Ready.
+ * Calls to `step`, `tick`, `propose`, `entriesLoaded` and the like may arrive between `ready()` and
+ * `advance()`; their output goes into the next Ready. Only `hasReady()` and `ready()` must wait for
+ * `advance()`.
  */
 export interface Ready {
   /** Present when role or leader changed since the last Ready. */
@@ -188,6 +206,7 @@ export interface Ready {
   readonly committedEntries: readonly LogEntry[];
   readonly readStates: readonly ReadState[];
   readonly fetches: readonly FetchRequest[];
+  readonly catchUps: readonly CatchUpRequest[];
 }
 
 /** A refused request: what was wrong, what to do, and where the leader is (NO_NODE when unknown). */

@@ -10,7 +10,7 @@ import { assertNever, invariant } from "../../src/errors.js";
 import { RaftCore, type RaftConfig, type RaftStartState } from "../../src/consensus/raft.js";
 import { Xoshiro128StarStar } from "../../src/consensus/prng.js";
 import { EMPTY_CONFIG, decodeConfig, describeConfig } from "../../src/consensus/membership.js";
-import type { HardState, MembershipAt, MembershipConfig, Message, Ready, ReadState, TermRun } from "../../src/consensus/types.js";
+import type { CatchUpRequest, HardState, MembershipAt, MembershipConfig, Message, Ready, ReadState, TermRun } from "../../src/consensus/types.js";
 import { NO_NODE } from "../../src/consensus/types.js";
 import {
   APPEND_RPC_BYTES_MAX,
@@ -86,6 +86,8 @@ export interface NodeOptions {
   entriesPerRpcMax: number;
   inflightMessagesMax: number;
   inflightBytesMax: number;
+  /** RaftConfig.catchUpLagEntries. */
+  catchUpLagEntries: number | undefined;
 }
 
 export const DEFAULT_NODE_OPTIONS: NodeOptions = {
@@ -96,6 +98,7 @@ export const DEFAULT_NODE_OPTIONS: NodeOptions = {
   entriesPerRpcMax: ENTRIES_PER_RPC_MAX_DEFAULT,
   inflightMessagesMax: INFLIGHT_MESSAGES_MAX,
   inflightBytesMax: INFLIGHT_BYTES_MAX,
+  catchUpLagEntries: undefined,
 };
 
 export interface SimNode {
@@ -150,6 +153,7 @@ export class Network {
       appendRpcBytesMax: APPEND_RPC_BYTES_MAX,
       inflightMessagesMax: node.options.inflightMessagesMax,
       inflightBytesMax: node.options.inflightBytesMax,
+      catchUpLagEntries: node.options.catchUpLagEntries,
       prng: new Xoshiro128StarStar(node.id),
       onEvent: (line) => this.events.push(line),
     };
@@ -220,8 +224,30 @@ export class Network {
     this.apply(node, ready);
     node.core.advance(ready);
     for (const request of ready.fetches) node.core.entriesLoaded(request, node.storage.read(request.from, request.to, request.bytesMax));
+    for (const request of ready.catchUps) this.streamSegments(node, request);
     this.flushEvents();
     return true;
+  }
+
+  /**
+   * Stands in for segment streaming: copies the leader's entries [fromIndex, upToIndex] into the
+   * follower's storage (keeping what the follower has committed: it is identical), rebuilds the
+   * follower's core from its storage, and reports back to the leader.
+   */
+  private streamSegments(leader: SimNode, request: CatchUpRequest): void {
+    if (this.linkDown(leader.id, request.to)) {
+      this.output.push(`  catch-up of ${request.to} failed: link down`);
+      leader.core.catchUpFinished(request.to, undefined);
+      return;
+    }
+    const follower = this.node(request.to);
+    const from = Math.max(request.fromIndex, follower.storage.hardState.commit + 1) as LogIndex;
+    if (from <= follower.storage.lastIndex) follower.storage.truncateSuffix(from);
+    const entries = leader.storage.read(from, (request.upToIndex + 1) as LogIndex, Number.MAX_SAFE_INTEGER);
+    follower.storage.append(entries.filter((entry) => entry.index > follower.storage.lastIndex));
+    this.output.push(`  streamed [${request.fromIndex}, ${request.upToIndex}] to ${request.to}; it restarts from its new log`);
+    this.restart(request.to);
+    leader.core.catchUpFinished(request.to, request.upToIndex);
   }
 
   private persist(node: SimNode, ready: Ready): void {
@@ -375,6 +401,7 @@ export function describeReady(ready: Ready): string[] {
     lines.push(read.ok ? `ReadState: request=${read.requestId} index=${read.index}` : `ReadState: request=${read.requestId} FAILED ${read.code}`);
   }
   for (const fetch of ready.fetches) lines.push(`Fetch: [${fetch.from}, ${fetch.to})`);
+  for (const catchUp of ready.catchUps) lines.push(`CatchUp: ${catchUp.to} from ${catchUp.fromIndex} up to ${catchUp.upToIndex}`);
   if (ready.messages.length > 0) {
     lines.push("Messages:");
     for (const message of ready.messages) lines.push(describeMessage(message));

@@ -8,7 +8,7 @@
  *
  * Commands (ids are node ids; options are key=value):
  *   add-nodes N [voters=1,2,3] [learners=4] [join=true] [prevote=true] [checkquorum=true]
- *             [max-entries=100] [inflight=256] [election=10] [heartbeat=1]
+ *             [max-entries=100] [inflight=256] [election=10] [heartbeat=1] [catchup-lag=N]
  *   campaign ID | propose ID DATA | read-index ID REQUEST | transfer-leader FROM TO
  *   add-learner LEADER NODE | promote LEADER NODE | remove LEADER NODE
  *   tick ID COUNT | tick-heartbeat ID...
@@ -170,6 +170,7 @@ class TranscriptRunner {
       heartbeatTicks: Number(options.get("heartbeat") ?? DEFAULT_NODE_OPTIONS.heartbeatTicks),
       entriesPerRpcMax: Number(options.get("max-entries") ?? DEFAULT_NODE_OPTIONS.entriesPerRpcMax),
       inflightMessagesMax: Number(options.get("inflight") ?? DEFAULT_NODE_OPTIONS.inflightMessagesMax),
+      catchUpLagEntries: options.has("catchup-lag") ? Number(options.get("catchup-lag")) : undefined,
     };
     const created: NodeId[] = [];
     for (let i = 0; i < count; i++) created.push(this.nextId++ as NodeId);
