@@ -144,3 +144,12 @@ assert(CLUSTER_NODES_MAX >= 7); // the guide's largest cluster, plus room for le
 assert(MEMBERSHIP_HISTORY_MAX >= 2 && FETCH_REQUESTS_MAX >= CLUSTER_NODES_MAX);
 // A full pipeline to every peer fits in the outbox, with room for heartbeats and votes.
 assert(OUTBOX_MESSAGES_MAX >= 2 * INFLIGHT_MESSAGES_MAX * CLUSTER_NODES_MAX);
+
+// ---- Events (docs/design/events.md). ----
+
+/** Events one Append may carry (one log entry each); bounds the batch apply buffers. */
+export const EVENTS_PER_BATCH_MAX = 10_000;
+/** Decided request ids a tenant remembers for deduplication (evicted oldest position first). */
+export const REQUEST_IDS_PER_TENANT_MAX = 100_000;
+
+assert(EVENTS_PER_BATCH_MAX >= 100); // the cluster benchmark's 100-event batches
