@@ -87,6 +87,73 @@ assert(SEGMENT_BYTES_MAX + RECORD_BYTES_MAX * 2 < 2 ** 32);
 assert(SEGMENT_HEADER_BYTES >= 64 + SEGMENT_KEY_ID_BYTES_MAX + SEGMENT_WRAPPED_KEY_BYTES_MAX);
 assert(TENANT_ID_BYTES_MAX <= 255); // the frame stores the tenant length in one byte
 
+// ---- Server settings (src/server/settings.ts, docs/configuration.md). ----
+// Defaults first (the operations guide's values, except that a bare start listens on loopback only:
+// DESIGN.md section 1), then hard bounds, then relationships. Durations in ms, sizes in bytes.
+
+/** `server.bind_address`: client gRPC and HTTP health/status. The guide's 0.0.0.0 needs TLS or --insecure. */
+export const BIND_ADDRESS_DEFAULT = "127.0.0.1:7000";
+/** `server.cluster_address`: peer (Raft) traffic. */
+export const CLUSTER_ADDRESS_DEFAULT = "127.0.0.1:7001";
+/** `telemetry.metrics_address`: Prometheus `/metrics`. */
+export const METRICS_ADDRESS_DEFAULT = "127.0.0.1:9090";
+/** `storage.data_dir` of a bare start, relative to the working directory (`npm start` puts it in ./data). */
+export const DATA_DIR_DEFAULT = "./data";
+/** `server.cluster_name`. The guide's example says "production"; a bare dev node should not claim that. */
+export const CLUSTER_NAME_DEFAULT = "verity";
+/** `consensus.heartbeat_interval`. */
+export const HEARTBEAT_INTERVAL_MS_DEFAULT = 100;
+/** `consensus.election_timeout_min`: the low end of the randomized election timeout. */
+export const ELECTION_TIMEOUT_MS_MIN_DEFAULT = 150;
+/** `consensus.election_timeout_max`: the high end of the randomized election timeout. */
+export const ELECTION_TIMEOUT_MS_MAX_DEFAULT = 300;
+/** `projections.cache_size`: memory for the projection cache. */
+export const PROJECTION_CACHE_BYTES_DEFAULT = 1 * GiB;
+/** `projections.checkpoint_interval`: log entries between projection checkpoints. */
+export const CHECKPOINT_INTERVAL_ENTRIES_DEFAULT = 10_000;
+
+/** The largest `server.node_id` (ids travel as unsigned 32-bit numbers in peer messages). */
+export const NODE_ID_MAX = 2 ** 32 - 1;
+/** `server.cluster_name` is 1 to this many characters from [A-Za-z0-9_.-]. */
+export const CLUSTER_NAME_BYTES_MAX = 64;
+/** Any other text setting (paths, URLs, key ids, identities) is at most this many bytes. */
+export const SETTING_TEXT_BYTES_MAX = 4096;
+/** A config file larger than this is refused before it is parsed. */
+export const CONFIG_FILE_BYTES_MAX = 1 * MiB;
+/** Accepted range of `consensus.heartbeat_interval`. */
+export const HEARTBEAT_INTERVAL_MS_MIN = 1;
+export const HEARTBEAT_INTERVAL_MS_MAX = 10_000;
+/** Accepted range of both ends of the election timeout. */
+export const ELECTION_TIMEOUT_MS_LOWEST = 10;
+export const ELECTION_TIMEOUT_MS_HIGHEST = 60_000;
+/** Accepted range of `projections.cache_size`. */
+export const PROJECTION_CACHE_BYTES_MIN = 1 * MiB;
+export const PROJECTION_CACHE_BYTES_MAX = 64 * GiB;
+/** Accepted range of `projections.checkpoint_interval`. */
+export const CHECKPOINT_INTERVAL_ENTRIES_MIN = 1;
+export const CHECKPOINT_INTERVAL_ENTRIES_MAX = 10_000_000;
+/** The largest `max_tenants` accepted. */
+export const TENANTS_MAX = 100_000;
+/** The largest `max_streams_per_tenant` accepted. */
+export const STREAMS_PER_TENANT_MAX = 10_000_000;
+/** Identities in `security.admins`, `security.nodes` and `[[security.clients]]` together, at most. */
+export const SECURITY_IDENTITIES_MAX = 10_000;
+
+assert(HEARTBEAT_INTERVAL_MS_DEFAULT < ELECTION_TIMEOUT_MS_MIN_DEFAULT);
+assert(ELECTION_TIMEOUT_MS_MIN_DEFAULT < ELECTION_TIMEOUT_MS_MAX_DEFAULT);
+assert(HEARTBEAT_INTERVAL_MS_MIN <= HEARTBEAT_INTERVAL_MS_DEFAULT && HEARTBEAT_INTERVAL_MS_DEFAULT <= HEARTBEAT_INTERVAL_MS_MAX);
+assert(ELECTION_TIMEOUT_MS_LOWEST <= ELECTION_TIMEOUT_MS_MIN_DEFAULT && ELECTION_TIMEOUT_MS_MAX_DEFAULT <= ELECTION_TIMEOUT_MS_HIGHEST);
+// Every accepted heartbeat interval leaves room for an election timeout above it.
+assert(HEARTBEAT_INTERVAL_MS_MAX < ELECTION_TIMEOUT_MS_HIGHEST);
+assert(PROJECTION_CACHE_BYTES_MIN <= PROJECTION_CACHE_BYTES_DEFAULT && PROJECTION_CACHE_BYTES_DEFAULT <= PROJECTION_CACHE_BYTES_MAX);
+assert(CHECKPOINT_INTERVAL_ENTRIES_MIN <= CHECKPOINT_INTERVAL_ENTRIES_DEFAULT);
+assert(CHECKPOINT_INTERVAL_ENTRIES_DEFAULT <= CHECKPOINT_INTERVAL_ENTRIES_MAX);
+assert(1 <= TENANTS_MAX_DEFAULT && TENANTS_MAX_DEFAULT <= TENANTS_MAX);
+assert(1 <= STREAMS_PER_TENANT_MAX_DEFAULT && STREAMS_PER_TENANT_MAX_DEFAULT <= STREAMS_PER_TENANT_MAX);
+// A record must fit in a batch, by default and at the bounds.
+assert(RECORD_BYTES_MAX_DEFAULT <= BATCH_BYTES_MAX_DEFAULT && RECORD_BYTES_MAX <= BATCH_BYTES_MAX);
+assert(CLUSTER_NAME_BYTES_MAX <= SETTING_TEXT_BYTES_MAX && SETTING_TEXT_BYTES_MAX < CONFIG_FILE_BYTES_MAX);
+
 // ---- Consensus (src/consensus). Config defaults first, then hard bounds, then relationships. ----
 
 /** `election_ticks`: a follower that hears nothing for this many ticks (randomized up to twice it) campaigns. */
@@ -153,3 +220,26 @@ export const EVENTS_PER_BATCH_MAX = 10_000;
 export const REQUEST_IDS_PER_TENANT_MAX = 100_000;
 
 assert(EVENTS_PER_BATCH_MAX >= 100); // the cluster benchmark's 100-event batches
+
+// ---- The deterministic simulator (src/sim). ----
+
+/** Events one seed may process at most; a run that needs more is reported as a liveness failure. */
+export const SIM_EVENTS_PER_SEED_MAX = 5_000_000;
+/** Events waiting in the simulator's heap at most. */
+export const SIM_HEAP_EVENTS_MAX = 1_000_000;
+/** Messages held for a paused node at most; later ones are dropped, as a full socket buffer would. */
+export const SIM_HELD_MESSAGES_MAX = 4096;
+/** Event-loop turns one drain may take at most before the simulator declares the run stuck. */
+export const SIM_DRAIN_ROUNDS_MAX = 10_000;
+/**
+ * Membership changes one seed may make at most. A restarted node passes commit 0 to the core, so
+ * every MEMBERSHIP entry in its log is in the history it starts with: it must stay below
+ * MEMBERSHIP_HISTORY_MAX.
+ */
+export const SIM_MEMBERSHIP_CHANGES_MAX = 24;
+/** Ticks (of the slowest clock) the liveness phase may take to converge. */
+export const SIM_LIVENESS_TICKS_MAX = 600;
+/** Trace lines printed with a failure. */
+export const SIM_TRACE_LINES = 40;
+
+assert(SIM_MEMBERSHIP_CHANGES_MAX + 1 < MEMBERSHIP_HISTORY_MAX);

@@ -1,38 +1,117 @@
 /**
- * verity-server: one VerityDB node. This build opens the data directory, recovers the log (cutting
- * a torn tail, refusing corruption), records the node's identity in meta/state.json, and holds the
- * directory until SIGINT or SIGTERM. The network services join in later builds.
+ * verity-server: one VerityDB node. This build loads and checks the settings (flags, VERITY_*
+ * environment variables, the TOML file, defaults: src/server/settings.ts), opens the data
+ * directory, recovers the log (cutting a torn tail, refusing corruption), records the node's
+ * identity in meta/state.json, and holds the directory until SIGINT or SIGTERM. It opens no network
+ * ports yet: the address settings are checked and logged, and the services that listen on them
+ * join in later builds.
  */
 
-import { resolve } from "node:path";
 import { hideBin } from "yargs/helpers";
 import { DataDir } from "../log/data-dir.js";
-import { LOG_LEVELS, createLogger, type LogLevel } from "../logger.js";
+import { createLogger } from "../logger.js";
+import {
+  SETTING_FLAGS, loadSettings, refusalsOfThisBuild, settingsNotDefault, type Settings,
+} from "../server/settings.js";
+import { formatHostPort, formatSize } from "../server/setting-values.js";
 import { ExitCode, cli, reportError, run } from "./common.js";
 
 const NAME = "verity-server";
 
+const DESCRIPTION =
+  "Run one VerityDB node. With no options: a single-node cluster with data in ./data, on loopback.\n" +
+  "Settings come from, strongest first: flags, VERITY_* environment variables, the --config file,\n" +
+  "built-in defaults (docs/configuration.md). This build opens no network ports yet: --bind,\n" +
+  "--cluster-address, --metrics-address, --cluster-peers and --insecure are checked and shown in\n" +
+  "the startup log line, and act when the services they describe are added.";
+
+const NOT_LISTENING = "checked and logged; this build opens no port";
+
 export async function main(argv: string[]): Promise<void> {
-  const args = await cli(NAME, argv, "Run one VerityDB node. With no options: a single-node cluster with data in ./data.")
-    .env("VERITY")
+  const args = await cli(NAME, argv, DESCRIPTION)
     .options({
-      "data-dir": { type: "string", default: "./data", describe: "Data directory (env VERITY_DATA_DIR)" },
-      "node-id": { type: "number", describe: "Node identifier (env VERITY_NODE_ID); defaults to the one stored in the data dir, or 1" },
-      "log-level": { type: "string", choices: LOG_LEVELS, default: "info", describe: "Log level (env VERITY_LOG_LEVEL)" },
+      config: { type: "string", describe: "Configuration file path (TOML)" },
+      "node-id": { type: "string", describe: "Node identifier (overrides config) [env VERITY_NODE_ID; default: the id stored in the data dir, or 1]" },
+      bind: { type: "string", describe: `Bind address host:port for client traffic: the gRPC API and HTTP /health, /status (overrides config) [env VERITY_BIND_ADDRESS; default 127.0.0.1:7000; ${NOT_LISTENING}]` },
+      "data-dir": { type: "string", describe: "Data directory (overrides config; may be relative here) [env VERITY_DATA_DIR; default ./data]" },
+      "cluster-peers": { type: "string", describe: `Comma-separated peer addresses: the other nodes' cluster host:port, e.g. "node2:7001,node3:7001" [env VERITY_CLUSTER_PEERS; ${NOT_LISTENING} and connects nowhere]` },
+      "log-level": { type: "string", describe: "Log level: trace, debug, info, warn, error [env VERITY_LOG_LEVEL; default info]" },
+      "cluster-address": { type: "string", describe: `Cluster address host:port for peer (Raft) traffic [env VERITY_SERVER_CLUSTER_ADDRESS; default 127.0.0.1:7001; ${NOT_LISTENING}]` },
+      "metrics-address": { type: "string", describe: `Address host:port for Prometheus GET /metrics [env VERITY_TELEMETRY_METRICS_ADDRESS; default 127.0.0.1:9090; ${NOT_LISTENING}]` },
+      insecure: { type: "boolean", describe: "Allow plaintext (no TLS) on a non-loopback address [env VERITY_INSECURE]" },
+      validate: { type: "boolean", describe: "Check the configuration and exit: 0 with a summary, or 1 with every problem, one per line. Opens nothing" },
     })
     .check((a) => {
-      if (a["node-id"] !== undefined && (!Number.isSafeInteger(a["node-id"]) || a["node-id"] < 1)) {
-        throw new Error("--node-id must be a positive integer");
-      }
+      if (Array.isArray(a.config)) throw new Error("--config was given more than once: give one file");
       return true;
     })
     .parseAsync();
-  const logger = createLogger({ level: args["log-level"] as LogLevel, target: "verity_server" });
+
+  const flags: Record<string, unknown> = {};
+  for (const flag of SETTING_FLAGS) flags[flag] = (args as Record<string, unknown>)[flag];
+  const loaded = loadSettings({
+    flags,
+    env: process.env,
+    configFile: args.config === undefined ? undefined : { path: args.config },
+    cwd: process.cwd(),
+  });
+  for (const warning of loaded.warnings) process.stderr.write(`${NAME}: warning: ${warning}\n`);
+  const problems = loaded.ok ? refusalsOfThisBuild(loaded.settings) : loaded.problems;
+  if (!loaded.ok || problems.length > 0) {
+    for (const problem of problems) process.stderr.write(`${NAME}: ${problem}\n`);
+    const what = args.validate === true ? "configuration invalid" : "refusing to start";
+    const file = args.config === undefined ? "" : ` (config file ${args.config})`;
+    process.stderr.write(`${NAME}: ${what}${file}: ${problems.length} problem${problems.length === 1 ? "" : "s"}; see docs/configuration.md\n`);
+    process.exitCode = ExitCode.FAILED;
+    return;
+  }
+  const settings = loaded.settings;
+  if (args.validate === true) {
+    process.stdout.write(summary(settings));
+    process.exitCode = ExitCode.OK;
+    return;
+  }
+  await serve(settings);
+}
+
+/** `--validate`'s report: "configuration OK" and what this node would run with. */
+function summary(s: Settings): string {
+  const peers = s.clusterPeers.length === 0
+    ? "none: a single-node cluster"
+    : `${s.clusterPeers.map(formatHostPort).join(", ")} (${s.clusterPeers.length + 1} nodes)`;
+  const tls = s.security.tlsCert === undefined
+    ? `off${s.insecure ? " (--insecure: plaintext allowed off loopback)" : " (plaintext, loopback only)"}`
+    : `on${s.security.requireClientCert ? ", client certificates required" : ""}`;
+  const changed = Object.entries(settingsNotDefault(s)).map(([path, from]) => `${path} (${from})`);
+  const lines = [
+    "configuration OK",
+    `  config file     ${s.configPath ?? "none (defaults, environment and flags only)"}`,
+    `  node            node_id ${s.server.nodeId ?? "(the one stored in the data directory, or 1)"}; cluster_name ${s.server.clusterName}`,
+    `  data_dir        ${s.storage.dataDir} (segment_size ${formatSize(s.storage.segmentBytes)}, sync_mode ${s.storage.syncMode})`,
+    `  addresses       client ${formatHostPort(s.server.bindAddress)}, cluster ${formatHostPort(s.server.clusterAddress)}, metrics ${formatHostPort(s.telemetry.metricsAddress)}`,
+    `  cluster_peers   ${peers}`,
+    `  tls             ${tls}`,
+    `  log_level       ${s.logLevel}`,
+    `  not default     ${changed.length === 0 ? "nothing" : changed.join(", ")}`,
+  ];
+  return `${lines.join("\n")}\n`;
+}
+
+/** Opens the data directory with the settings this build uses, and holds it until a signal. */
+async function serve(settings: Settings): Promise<void> {
+  const logger = createLogger({ level: settings.logLevel, target: "verity_server" });
   await run(NAME, async () => {
-    const dataDir = resolve(args["data-dir"]);
+    const dataDir = settings.storage.dataDir;
     let dir: DataDir;
     try {
-      dir = await DataDir.open({ path: dataDir, nodeId: args["node-id"], logger: logger.child({ target: "verity_log" }) });
+      dir = await DataDir.open({
+        path: dataDir,
+        nodeId: settings.server.nodeId,
+        segmentBytes: settings.storage.segmentBytes,
+        recordBytesMax: settings.limits.recordBytesMax,
+        syncMode: settings.storage.syncMode,
+        logger: logger.child({ target: "verity_log" }),
+      });
     } catch (e) {
       logger.error({ data_dir: dataDir, error: e instanceof Error ? e.message : String(e) }, "cannot open the data directory");
       return reportError(NAME, e);
@@ -43,6 +122,7 @@ export async function main(argv: string[]): Promise<void> {
         node_id: dir.meta.nodeId, cluster_id: dir.meta.clusterId, data_dir: dataDir, view: dir.meta.term,
         first_index: log.firstIndex, last_index: log.lastIndex, segments: log.segments().length,
         torn_bytes_cut: log.recovery.tornBytesCut, sync_mode: log.mode,
+        config_file: settings.configPath ?? null, settings: settings.shown, settings_from: settingsNotDefault(settings),
       },
       "data directory open; log recovered",
     );
