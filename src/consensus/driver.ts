@@ -9,7 +9,8 @@
  *    appended, and never at or below the commit index (the log refuses that too).
  * 2. The entries of a Ready and its hard state (term, vote) are durable BEFORE any message of that
  *    Ready is handed to the transport. So a vote is never granted, and an append is never
- *    acknowledged, before the promise it makes survives a crash.
+ *    acknowledged, before the promise it makes survives a crash. A changed term or vote is made
+ *    durable before the entries, so the saved term is never below the log's last term.
  * 3. Committed entries are applied after rule 2 (they may include the entries just persisted), in
  *    index order, one Ready at a time.
  * 4. `advance` is called only after all of the above; the next Ready is taken only after that.
@@ -177,14 +178,15 @@ export class RaftDriver {
     if (ready.softState !== undefined) observer?.onSoftState?.(ready.softState);
     // Rule 1: cut before appending what replaces the cut entries.
     if (ready.truncateFrom !== undefined) await log.truncateSuffix(ready.truncateFrom, this.commitIndex);
-    // Rule 2: entries and term/vote durable, together, before any message leaves.
-    const durable: Array<Promise<void>> = [];
-    if (ready.entries.length > 0) durable.push(log.append(ready.entries));
+    // Rule 2: term/vote and entries durable before any message leaves. A new term or vote is
+    // made durable first, so that after any crash meta/state.json's term is at least the term of
+    // every entry in the log (Raft's currentTerm >= lastLogTerm, which etcd keeps by writing both
+    // in one WAL record). Term changes are rare, so the extra wait costs little.
     const hs = ready.hardState;
     if (hs !== undefined && (hs.term !== this.savedTerm || hs.vote !== this.savedVote)) {
-      durable.push(hardState.saveTermAndVote(hs.term, hs.vote));
+      await hardState.saveTermAndVote(hs.term, hs.vote);
     }
-    await Promise.all(durable);
+    if (ready.entries.length > 0) await log.append(ready.entries);
     if (hs !== undefined) {
       this.savedTerm = hs.term;
       this.savedVote = hs.vote;

@@ -240,6 +240,11 @@ export class RaftCore {
     this.id = config.id;
     this.config = config;
     this.log = new RaftLog(start.log, start.hardState.commit, start.appliedIndex);
+    // The driver saves a new term before appending entries of it, so the saved term covers the log.
+    invariant(
+      start.hardState.term >= this.log.lastTerm,
+      `the saved term ${start.hardState.term} is below the log's last term ${this.log.lastTerm}: meta/state.json is older than the log`,
+    );
     this.term = start.hardState.term;
     this.vote = start.hardState.vote;
     this.configs = [...start.membership];
