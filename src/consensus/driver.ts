@@ -21,7 +21,8 @@
  *    not survive); the process restarts and recovers from what is on disk.
  */
 
-import type { LogEntry, LogIndex, NodeId } from "../log/types.js";
+import { RecordKind, type LogEntry, type LogIndex, type NodeId } from "../log/types.js";
+import { decodeConfig } from "./membership.js";
 import { invariant } from "../errors.js";
 import type { RaftCore } from "./raft.js";
 import type { CatchUpRequest, FetchRequest, HardState, Message, ReadState, Ready, SoftState, TermRun } from "./types.js";
@@ -42,6 +43,11 @@ export interface LogStoragePort {
 /** Where term and vote are made durable (meta/state.json through `DataDir.saveTermAndVote`). */
 export interface HardStatePort {
   saveTermAndVote(term: number, vote: number): Promise<void>;
+  /**
+   * Records a configuration once its MEMBERSHIP entry is applied (hence committed), so a restart
+   * starts from it instead of every configuration in the log (see driver-start.ts).
+   */
+  saveCommittedMembership?(index: number, voters: readonly number[], learners: readonly number[]): Promise<void>;
 }
 
 /** Sends messages to peers. Delivery is best effort: it may drop, delay or reorder them. */
@@ -197,6 +203,11 @@ export class RaftDriver {
     // Rule 3: apply after persistence, in order.
     if (ready.committedEntries.length > 0) {
       await stateMachine.apply(ready.committedEntries);
+      const membership = ready.committedEntries.filter((e) => e.kind === RecordKind.MEMBERSHIP).at(-1);
+      if (membership !== undefined && hardState.saveCommittedMembership !== undefined) {
+        const config = decodeConfig(membership.payload);
+        await hardState.saveCommittedMembership(membership.index, config.voters, config.learners);
+      }
       observer?.onApplied?.(ready.committedEntries);
     }
     if (ready.readStates.length > 0) observer?.onReadStates?.(ready.readStates);

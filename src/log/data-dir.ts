@@ -115,6 +115,14 @@ export class DataDir {
     this.metaState = next;
   }
 
+  /** Durably records the newest committed cluster configuration (never an older one). */
+  async saveCommittedMembership(index: number, voters: readonly number[], learners: readonly number[]): Promise<void> {
+    if (this.metaState.membership !== undefined && index <= this.metaState.membership.index) return;
+    const next = { ...this.metaState, membership: { index, voters: [...voters], learners: [...learners] } };
+    await writeMetaState(this.fs, this.metaPath, next);
+    this.metaState = next;
+  }
+
   async close(): Promise<void> {
     try {
       await this.log.close();

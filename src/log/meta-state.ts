@@ -25,13 +25,24 @@ export interface MetaState {
   term: number;
   /** The node voted for in `term`, or 0 for none. */
   vote: number;
+  /**
+   * The newest cluster configuration known committed (saved when its entry is applied), so a
+   * restart needs only the configurations after it. Absent until the first change is applied.
+   */
+  membership?: { index: number; voters: number[]; learners: number[] };
 }
 
 const FORMAT = 1;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 function body(state: MetaState): Record<string, unknown> {
-  return { format: FORMAT, node_id: state.nodeId, cluster_id: state.clusterId, term: state.term, vote: state.vote };
+  const b: Record<string, unknown> = { format: FORMAT, node_id: state.nodeId, cluster_id: state.clusterId, term: state.term, vote: state.vote };
+  if (state.membership !== undefined) b.membership = state.membership;
+  return b;
+}
+
+function isIdList(v: unknown): v is number[] {
+  return Array.isArray(v) && v.length <= 64 && v.every((x) => Number.isSafeInteger(x) && (x as number) > 0);
 }
 
 export function encodeMetaState(state: MetaState): Uint8Array {
@@ -65,6 +76,13 @@ export function decodeMetaState(bytes: Uint8Array, displayName: string): MetaSta
     if (!Number.isSafeInteger(v) || v < 0) fail(`${k} is not a non-negative integer`);
   }
   if (typeof state.clusterId !== "string" || !UUID.test(state.clusterId)) fail("cluster_id is not a UUID");
+  if (o.membership !== undefined) {
+    const m = o.membership as Record<string, unknown>;
+    if (typeof m !== "object" || m === null || !Number.isSafeInteger(m.index) || (m.index as number) < 1 || !isIdList(m.voters) || !isIdList(m.learners)) {
+      fail("membership is not {index, voters, learners}");
+    }
+    state.membership = { index: m.index as number, voters: m.voters as number[], learners: m.learners as number[] };
+  }
   const expected = hex(crc32c(Buffer.from(JSON.stringify(body(state)), "utf8")));
   if (o.crc32c !== expected) fail(`checksum mismatch (stored ${String(o.crc32c)}, computed ${expected})`);
   return state;

@@ -189,3 +189,40 @@ describe("a single-node cluster on the production log", () => {
     ]);
   });
 });
+
+describe("restart from disk", () => {
+  it("restarts after more membership changes than the core keeps in its history", async () => {
+    const { startStateFromDisk } = await import("../../src/consensus/driver-start.js");
+    const { MEMBERSHIP_HISTORY_MAX } = await import("../../src/limits.js");
+    const fs = new MemoryFileSystem();
+    const node = await startNode(fs, 1, [1]);
+    for (let i = 0; i < 40 && node.driver.raft.softState().role !== Role.LEADER; i++) {
+      node.driver.tick();
+      await settle(node);
+    }
+    expect(node.driver.raft.softState().role).toBe(Role.LEADER);
+    const changes = MEMBERSHIP_HISTORY_MAX + 6;
+    for (let i = 0; i < changes; i++) {
+      const change = i % 2 === 0 ? ({ type: "ADD_LEARNER", node: n(2) } as const) : ({ type: "REMOVE_NODE", node: n(2) } as const);
+      const result = node.driver.input((core) => core.changeMembership(change));
+      expect(result.ok, JSON.stringify(result)).toBe(true);
+      await settle(node);
+    }
+    expect(node.dir.meta.membership).toMatchObject({ voters: [1], learners: [] });
+    await node.driver.stop();
+    await node.dir.close();
+    const dir = await DataDir.open({ path: "/n1", fs, nodeId: 1, clusterId: CLUSTER });
+    const start = await startStateFromDisk(dir, { voters: [n(1)], learners: [] });
+    expect(start.membership.length).toBeLessThanOrEqual(2);
+    expect(start.hardState.commit).toBe(dir.meta.membership!.index);
+    const core = new RaftCore(
+      {
+        id: n(1), electionTicks: 10, heartbeatTicks: 1, preVote: true, checkQuorum: true, entriesPerRpcMax: 100,
+        appendRpcBytesMax: APPEND_RPC_BYTES_MAX, inflightMessagesMax: INFLIGHT_MESSAGES_MAX, inflightBytesMax: INFLIGHT_BYTES_MAX,
+        prng: new Xoshiro128StarStar(1),
+      },
+      start,
+    );
+    expect(core.currentConfig()).toEqual({ voters: [1], learners: [] });
+  });
+});
