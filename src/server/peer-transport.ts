@@ -1,0 +1,315 @@
+/**
+ * Raft traffic between nodes over gRPC (proto/verity/v1/peer.proto), on the cluster port.
+ *
+ * - Each node dials the configured peer addresses and says `Hello` (its node id, cluster id and
+ *   cluster address); the answer carries the peer's node id. Node ids are learned this way, so
+ *   `--cluster-peers` lists only addresses. A peer of another cluster is refused and never used.
+ * - Messages travel as `RaftBatch`es on one long-lived client stream per peer, encoded and
+ *   validated by peer-codec.ts (a bad batch is dropped and logged, never handed to the core).
+ * - Delivery is best effort, which Raft tolerates: while a peer is unreachable its messages are
+ *   dropped (and counted), and the link redials with a bounded backoff. Every queue is bounded.
+ * - With `tls`, both directions use mutual TLS against the cluster CA: a connection without a
+ *   certificate from that CA never reaches a handler.
+ *
+ * Implements the driver's TransportPort.
+ */
+
+import * as grpc from "@grpc/grpc-js";
+import type { Message } from "../consensus/types.js";
+import type { TransportPort } from "../consensus/driver.js";
+import type { NodeId } from "../log/types.js";
+import { decodeRaftBatch, encodeRaftBatch, type DecodeResult } from "./peer-codec.js";
+import { protoType } from "./proto.js";
+
+/** Messages waiting in one link's stream buffer at most; more are dropped (Raft retransmits). */
+export const PEER_LINK_PENDING_MESSAGES_MAX = 8192;
+/** Redial backoff bounds. */
+export const PEER_REDIAL_DELAY_MS_MIN = 50;
+export const PEER_REDIAL_DELAY_MS_MAX = 2000;
+/** How long `stop` waits for peers to end their streams before closing them. */
+export const PEER_SHUTDOWN_GRACE_MS = 500;
+/** A Hello that takes longer than this counts as a failed dial. */
+export const PEER_HELLO_TIMEOUT_MS = 3000;
+
+interface Hello {
+  nodeId: number;
+  clusterId: string;
+  clusterAddress: string;
+}
+
+function helloCodec(name: "HelloRequest" | "HelloResponse") {
+  const type = protoType(name);
+  return {
+    serialize: (h: Partial<Hello>): Buffer => Buffer.from(type.encode(type.fromObject(h)).finish()),
+    deserialize: (b: Buffer): Hello => {
+      const o = type.toObject(type.decode(b), { defaults: true }) as Hello;
+      return { nodeId: Number(o.nodeId ?? 0), clusterId: String(o.clusterId ?? ""), clusterAddress: String(o.clusterAddress ?? "") };
+    },
+  };
+}
+
+const helloRequest = helloCodec("HelloRequest");
+const helloResponse = helloCodec("HelloResponse");
+
+/** The Peer service, defined by hand so batches go through the validating codec. */
+export const PEER_SERVICE: grpc.ServiceDefinition = {
+  hello: {
+    path: "/verity.v1.Peer/Hello",
+    requestStream: false,
+    responseStream: false,
+    requestSerialize: helloRequest.serialize,
+    requestDeserialize: helloRequest.deserialize,
+    responseSerialize: helloResponse.serialize,
+    responseDeserialize: helloResponse.deserialize,
+  },
+  raft: {
+    path: "/verity.v1.Peer/Raft",
+    requestStream: true,
+    responseStream: false,
+    requestSerialize: (messages: readonly Message[]) => Buffer.from(encodeRaftBatch(messages)),
+    requestDeserialize: (b: Buffer): DecodeResult => decodeRaftBatch(b),
+    responseSerialize: () => Buffer.alloc(0),
+    responseDeserialize: () => ({}),
+  },
+};
+
+const PeerClient = grpc.makeGenericClientConstructor(PEER_SERVICE, "Peer");
+type PeerClientInstance = InstanceType<typeof PeerClient> & {
+  hello(req: Partial<Hello>, options: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: Hello) => void): grpc.ClientUnaryCall;
+  raft(cb: (err: grpc.ServiceError | null) => void): grpc.ClientWritableStream<readonly Message[]>;
+};
+
+export interface TransportLogger {
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+}
+
+export interface PeerTransportOptions {
+  nodeId: NodeId;
+  clusterId: string;
+  /** host:port to listen on; port 0 picks one (see `address` after `start`). */
+  listen: string;
+  /** Other nodes' cluster addresses. */
+  peers: readonly string[];
+  /** Mutual TLS for both directions; plaintext when absent (loopback only, checked by settings). */
+  tls?: { cert: Buffer; key: Buffer; ca: Buffer };
+  /** Called with the messages of each valid batch addressed to this node. */
+  onMessages: (messages: Message[]) => void;
+  logger?: TransportLogger;
+}
+
+/** Counters for metrics and tests. */
+export interface PeerTransportStats {
+  sent: number;
+  delivered: number;
+  droppedNoLink: number;
+  droppedBackpressure: number;
+  rejectedBatches: number;
+}
+
+class PeerLink {
+  client: PeerClientInstance | undefined;
+  stream: grpc.ClientWritableStream<readonly Message[]> | undefined;
+  peerId: NodeId | undefined;
+  private redialDelay = PEER_REDIAL_DELAY_MS_MIN;
+  private timer: NodeJS.Timeout | undefined;
+  closed = false;
+
+  constructor(
+    readonly address: string,
+    private readonly transport: PeerTransport,
+  ) {}
+
+  dial(): void {
+    if (this.closed) return;
+    this.client?.close();
+    this.client = new PeerClient(this.address, this.transport.channelCredentials()) as PeerClientInstance;
+    const deadline = new Date(Date.now() + PEER_HELLO_TIMEOUT_MS);
+    this.client.hello(this.transport.hello(), { deadline }, (err, res) => {
+      if (this.closed) return;
+      if (err !== null || res === undefined) return this.retry(`hello failed: ${err?.details ?? err?.message ?? "no answer"}`);
+      if (res.clusterId !== this.transport.clusterId) {
+        this.transport.log("warn", { peer: this.address, peer_cluster_id: res.clusterId }, "peer belongs to another cluster; not using it");
+        return this.retry("another cluster", PEER_REDIAL_DELAY_MS_MAX);
+      }
+      if (res.nodeId === this.transport.nodeId) {
+        this.transport.log("warn", { peer: this.address }, "peer address is this node itself; not using it");
+        this.closed = true;
+        return;
+      }
+      this.peerId = res.nodeId as NodeId;
+      this.openStream();
+    });
+  }
+
+  private openStream(): void {
+    const stream = this.client!.raft((err) => {
+      if (this.stream === stream) this.stream = undefined;
+      if (!this.closed) this.retry(`stream ended: ${err?.details ?? "closed by peer"}`);
+    });
+    this.stream = stream;
+    this.redialDelay = PEER_REDIAL_DELAY_MS_MIN;
+    this.transport.linkUp(this);
+  }
+
+  private retry(why: string, delay = this.redialDelay): void {
+    this.stream = undefined;
+    this.transport.log("info", { peer: this.address, reason: why, retry_ms: delay }, "peer link down; redialing");
+    this.redialDelay = Math.min(PEER_REDIAL_DELAY_MS_MAX, this.redialDelay * 2);
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.dial(), delay);
+  }
+
+  /** Writes a batch if the stream is up and not backed up; returns false when it was dropped. */
+  write(messages: readonly Message[]): boolean {
+    const s = this.stream;
+    if (s === undefined || s.writableLength > PEER_LINK_PENDING_MESSAGES_MAX) return false;
+    s.write(messages);
+    return true;
+  }
+
+  close(): void {
+    this.closed = true;
+    clearTimeout(this.timer);
+    this.stream?.end();
+    this.client?.close();
+  }
+}
+
+export class PeerTransport implements TransportPort {
+  readonly nodeId: NodeId;
+  readonly clusterId: string;
+  readonly stats: PeerTransportStats = { sent: 0, delivered: 0, droppedNoLink: 0, droppedBackpressure: 0, rejectedBatches: 0 };
+  private readonly server = new grpc.Server();
+  private readonly links = new Map<string, PeerLink>();
+  private readonly byId = new Map<NodeId, PeerLink>();
+  private boundAddress = "";
+
+  constructor(private readonly options: PeerTransportOptions) {
+    this.nodeId = options.nodeId;
+    this.clusterId = options.clusterId;
+  }
+
+  /** The address peers reach this node at (with the chosen port when listening on port 0). */
+  get address(): string {
+    return this.boundAddress;
+  }
+
+  /** Node ids of the peers with a working link. */
+  connectedPeers(): NodeId[] {
+    return [...this.byId.entries()].filter(([, l]) => l.stream !== undefined).map(([id]) => id).sort((a, b) => a - b);
+  }
+
+  async start(): Promise<void> {
+    this.server.addService(PEER_SERVICE, {
+      hello: (call: grpc.ServerUnaryCall<Hello, Hello>, cb: grpc.sendUnaryData<Partial<Hello>>) => this.onHello(call.request, cb),
+      raft: (call: grpc.ServerReadableStream<DecodeResult, unknown>, cb: grpc.sendUnaryData<unknown>) => this.onRaft(call, cb),
+    });
+    const port = await new Promise<number>((resolve, reject) =>
+      this.server.bindAsync(this.options.listen, this.serverCredentials(), (err, p) => (err ? reject(err) : resolve(p))),
+    );
+    const host = this.options.listen.slice(0, this.options.listen.lastIndexOf(":"));
+    this.boundAddress = `${host}:${port}`;
+    for (const address of this.options.peers) this.addPeer(address);
+  }
+
+  /** Starts dialing a peer address (for members added while running). */
+  addPeer(address: string): void {
+    if (this.links.has(address) || address === this.boundAddress) return;
+    const link = new PeerLink(address, this);
+    this.links.set(address, link);
+    link.dial();
+  }
+
+  send(messages: readonly Message[]): void {
+    const byPeer = new Map<NodeId, Message[]>();
+    for (const m of messages) {
+      const list = byPeer.get(m.to);
+      if (list === undefined) byPeer.set(m.to, [m]);
+      else list.push(m);
+    }
+    for (const [to, batch] of byPeer) {
+      const link = this.byId.get(to);
+      if (link === undefined) {
+        this.stats.droppedNoLink += batch.length;
+        continue;
+      }
+      if (link.write(batch)) this.stats.sent += batch.length;
+      else this.stats.droppedBackpressure += batch.length;
+    }
+  }
+
+  /** Closes every link, then the server: gracefully for PEER_SHUTDOWN_GRACE_MS, then by force. */
+  async stop(): Promise<void> {
+    for (const link of this.links.values()) link.close();
+    // Inbound streams belong to the other nodes' links, which this node cannot close: bound the wait.
+    await new Promise<void>((resolve) => {
+      const force = setTimeout(() => {
+        this.server.forceShutdown();
+        resolve();
+      }, PEER_SHUTDOWN_GRACE_MS);
+      this.server.tryShutdown(() => {
+        clearTimeout(force);
+        resolve();
+      });
+    });
+  }
+
+  // ---- used by PeerLink ----
+
+  hello(): Partial<Hello> {
+    return { nodeId: this.nodeId, clusterId: this.clusterId, clusterAddress: this.boundAddress };
+  }
+
+  linkUp(link: PeerLink): void {
+    const id = link.peerId!;
+    const previous = this.byId.get(id);
+    if (previous !== undefined && previous !== link) previous.close();
+    this.byId.set(id, link);
+    this.log("info", { peer: link.address, peer_id: id }, "peer link up");
+  }
+
+  log(level: "info" | "warn", fields: object, msg: string): void {
+    this.options.logger?.[level]({ node_id: this.nodeId, ...fields }, msg);
+  }
+
+  channelCredentials(): grpc.ChannelCredentials {
+    const tls = this.options.tls;
+    return tls === undefined ? grpc.credentials.createInsecure() : grpc.credentials.createSsl(tls.ca, tls.key, tls.cert);
+  }
+
+  private serverCredentials(): grpc.ServerCredentials {
+    const tls = this.options.tls;
+    return tls === undefined
+      ? grpc.ServerCredentials.createInsecure()
+      : grpc.ServerCredentials.createSsl(tls.ca, [{ private_key: tls.key, cert_chain: tls.cert }], true);
+  }
+
+  // ---- handlers ----
+
+  private onHello(req: Hello, cb: grpc.sendUnaryData<Partial<Hello>>): void {
+    if (req.clusterId !== this.clusterId) {
+      cb({ code: grpc.status.FAILED_PRECONDITION, details: `this node is in cluster ${this.clusterId}, not ${req.clusterId}: check --cluster-peers` });
+      return;
+    }
+    // A node we do not dial yet (a new member) is dialed back at the address it gave.
+    if (req.clusterAddress !== "" && !this.byId.has(req.nodeId as NodeId)) this.addPeer(req.clusterAddress);
+    cb(null, this.hello());
+  }
+
+  private onRaft(call: grpc.ServerReadableStream<DecodeResult, unknown>, cb: grpc.sendUnaryData<unknown>): void {
+    call.on("data", (batch: DecodeResult) => {
+      if (!batch.ok) {
+        this.stats.rejectedBatches++;
+        this.log("warn", { reason: batch.reason }, "dropped an invalid Raft batch from a peer");
+        return;
+      }
+      const mine = batch.messages.filter((m) => m.to === this.nodeId);
+      if (mine.length === 0) return;
+      this.stats.delivered += mine.length;
+      this.options.onMessages(mine);
+    });
+    call.on("end", () => cb(null, {}));
+    call.on("error", () => {});
+  }
+}
