@@ -40,15 +40,15 @@ afterAll(async () => {
 async function start(withTls: boolean): Promise<{ listener: ClientListener; calls: string[] }> {
   const calls: string[] = [];
   const grpcServer = new grpc.Server();
-  let listener!: ClientListener;
+  const ref: { listener?: ClientListener } = {};
   grpcServer.addService(ECHO, {
     echo: (call: grpc.ServerUnaryCall<{ say: string }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
-      const who = listener.identityOf(call.getPeer());
+      const who = ref.listener!.identityOf(call.getPeer());
       calls.push(`${who}:${call.request.say}`);
       cb(null, { said: call.request.say, identity: who });
     },
   });
-  listener = new ClientListener({
+  const listener = new ClientListener({
     listen: "127.0.0.1:0",
     tls: withTls ? { cert: readFileSync(serverCert.cert), key: readFileSync(serverCert.key), ca: ca.pem(), requireClientCert: true } : undefined,
     grpcServer,
@@ -57,6 +57,7 @@ async function start(withTls: boolean): Promise<{ listener: ClientListener; call
       res.end(JSON.stringify({ path: req.url, identity: caller.identity }));
     },
   });
+  ref.listener = listener;
   await listener.start();
   listeners.push(listener);
   return { listener, calls };
