@@ -9,7 +9,11 @@ import { pino, type Logger } from "pino";
 export type LogLevel = "trace" | "debug" | "info" | "warn" | "error";
 export const LOG_LEVELS: readonly LogLevel[] = ["trace", "debug", "info", "warn", "error"];
 
-export function createLogger(options: { level: LogLevel; target: string; destination?: number }): Logger {
+/**
+ * The root logger has no `target`; make one child per component with `forTarget(root, "verity_x")`
+ * (a child of a child would repeat the key).
+ */
+export function createRootLogger(options: { level: LogLevel; destination?: number }): Logger {
   return pino(
     {
       level: options.level,
@@ -22,7 +26,13 @@ export function createLogger(options: { level: LogLevel; target: string; destina
       },
     },
     pino.destination({ fd: options.destination ?? 1, sync: true }),
-  ).child({ target: options.target });
+  );
 }
 
-export type { Logger };
+export function forTarget(root: Logger, target: string): Logger {
+  return root.child({ target });
+}
+
+export function createLogger(options: { level: LogLevel; target: string; destination?: number }): Logger {
+  return forTarget(createRootLogger(options), options.target);
+}

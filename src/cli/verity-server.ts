@@ -2,14 +2,15 @@
  * verity-server: one VerityDB node. This build loads and checks the settings (flags, VERITY_*
  * environment variables, the TOML file, defaults: src/server/settings.ts), opens the data
  * directory, recovers the log (cutting a torn tail, refusing corruption), records the node's
- * identity in meta/state.json, and holds the directory until SIGINT or SIGTERM. It opens no network
- * ports yet: the address settings are checked and logged, and the services that listen on them
- * join in later builds.
+ * identity in meta/state.json, and runs the node (src/server/node.ts): Raft with its peers on the
+ * cluster port, HTTP health and status on the client port, until SIGINT or SIGTERM (a leader hands
+ * over leadership first). The data-plane gRPC API and /metrics join in later builds.
  */
 
 import { hideBin } from "yargs/helpers";
 import { DataDir } from "../log/data-dir.js";
-import { createLogger } from "../logger.js";
+import { VerityNode } from "../server/node.js";
+import { createRootLogger, forTarget } from "../logger.js";
 import {
   SETTING_FLAGS, loadSettings, refusalsOfThisBuild, settingsNotDefault, type Settings,
 } from "../server/settings.js";
@@ -21,22 +22,22 @@ const NAME = "verity-server";
 const DESCRIPTION =
   "Run one VerityDB node. With no options: a single-node cluster with data in ./data, on loopback.\n" +
   "Settings come from, strongest first: flags, VERITY_* environment variables, the --config file,\n" +
-  "built-in defaults (docs/configuration.md). This build opens no network ports yet: --bind,\n" +
-  "--cluster-address, --metrics-address, --cluster-peers and --insecure are checked and shown in\n" +
-  "the startup log line, and act when the services they describe are added.";
+  "built-in defaults (docs/configuration.md). Port 0 picks a free port; the chosen ports are logged.\n" +
+  "This build serves /health/live, /health/ready and /status on the client port and Raft on the\n" +
+  "cluster port; the data-plane gRPC API and /metrics arrive in later builds.";
 
-const NOT_LISTENING = "checked and logged; this build opens no port";
+const NOT_LISTENING = "checked and logged; this build serves no /metrics yet";
 
 export async function main(argv: string[]): Promise<void> {
   const args = await cli(NAME, argv, DESCRIPTION)
     .options({
       config: { type: "string", describe: "Configuration file path (TOML)" },
       "node-id": { type: "string", describe: "Node identifier (overrides config) [env VERITY_NODE_ID; default: the id stored in the data dir, or 1]" },
-      bind: { type: "string", describe: `Bind address host:port for client traffic: the gRPC API and HTTP /health, /status (overrides config) [env VERITY_BIND_ADDRESS; default 127.0.0.1:7000; ${NOT_LISTENING}]` },
+      bind: { type: "string", describe: `Bind address host:port for client traffic: the gRPC API and HTTP /health, /status (overrides config) [env VERITY_BIND_ADDRESS; default 127.0.0.1:7000]` },
       "data-dir": { type: "string", describe: "Data directory (overrides config; may be relative here) [env VERITY_DATA_DIR; default ./data]" },
-      "cluster-peers": { type: "string", describe: `Comma-separated peer addresses: the other nodes' cluster host:port, e.g. "node2:7001,node3:7001" [env VERITY_CLUSTER_PEERS; ${NOT_LISTENING} and connects nowhere]` },
+      "cluster-peers": { type: "string", describe: `Comma-separated peer addresses: the other nodes' cluster host:port, e.g. "node2:7001,node3:7001" [env VERITY_CLUSTER_PEERS]` },
       "log-level": { type: "string", describe: "Log level: trace, debug, info, warn, error [env VERITY_LOG_LEVEL; default info]" },
-      "cluster-address": { type: "string", describe: `Cluster address host:port for peer (Raft) traffic [env VERITY_SERVER_CLUSTER_ADDRESS; default 127.0.0.1:7001; ${NOT_LISTENING}]` },
+      "cluster-address": { type: "string", describe: `Cluster address host:port for peer (Raft) traffic [env VERITY_SERVER_CLUSTER_ADDRESS; default 127.0.0.1:7001]` },
       "metrics-address": { type: "string", describe: `Address host:port for Prometheus GET /metrics [env VERITY_TELEMETRY_METRICS_ADDRESS; default 127.0.0.1:9090; ${NOT_LISTENING}]` },
       insecure: { type: "boolean", describe: "Allow plaintext (no TLS) on a non-loopback address [env VERITY_INSECURE]" },
       validate: { type: "boolean", describe: "Check the configuration and exit: 0 with a summary, or 1 with every problem, one per line. Opens nothing" },
@@ -99,7 +100,8 @@ function summary(s: Settings): string {
 
 /** Opens the data directory with the settings this build uses, and holds it until a signal. */
 async function serve(settings: Settings): Promise<void> {
-  const logger = createLogger({ level: settings.logLevel, target: "verity_server" });
+  const root = createRootLogger({ level: settings.logLevel });
+  const logger = forTarget(root, "verity_server");
   await run(NAME, async () => {
     const dataDir = settings.storage.dataDir;
     let dir: DataDir;
@@ -107,10 +109,11 @@ async function serve(settings: Settings): Promise<void> {
       dir = await DataDir.open({
         path: dataDir,
         nodeId: settings.server.nodeId,
+        clusterId: VerityNode.clusterIdFor(settings),
         segmentBytes: settings.storage.segmentBytes,
         recordBytesMax: settings.limits.recordBytesMax,
         syncMode: settings.storage.syncMode,
-        logger: logger.child({ target: "verity_log" }),
+        logger: forTarget(root, "verity_log"),
       });
     } catch (e) {
       logger.error({ data_dir: dataDir, error: e instanceof Error ? e.message : String(e) }, "cannot open the data directory");
@@ -126,15 +129,22 @@ async function serve(settings: Settings): Promise<void> {
       },
       "data directory open; log recovered",
     );
-    // Signal listeners alone do not keep Node's event loop running; this handle does, until a signal.
-    const keepAlive = setInterval(() => {}, 2 ** 31 - 1);
-    const signal = await new Promise<string>((done) => {
+    // Listen for signals before starting: a SIGTERM during start-up still stops cleanly.
+    const signalled = new Promise<string>((done) => {
       process.once("SIGINT", () => done("SIGINT"));
       process.once("SIGTERM", () => done("SIGTERM"));
     });
-    clearInterval(keepAlive);
+    let node: VerityNode;
+    try {
+      node = await VerityNode.start(settings, root, dir);
+    } catch (e) {
+      await dir.close();
+      logger.error({ error: e instanceof Error ? e.message : String(e) }, "cannot start the node");
+      return reportError(NAME, e);
+    }
+    const signal = await signalled;
     logger.info({ signal }, "shutting down");
-    await dir.close();
+    await node.stop();
     logger.info({}, "stopped");
     return ExitCode.OK;
   });

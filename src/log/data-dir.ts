@@ -117,6 +117,7 @@ export class DataDir {
 
   /** Durably records the newest committed cluster configuration (never an older one). */
   async saveCommittedMembership(index: number, voters: readonly number[], learners: readonly number[]): Promise<void> {
+    // Index 0 is the bootstrap configuration, saved once when a new cluster forms.
     if (this.metaState.membership !== undefined && index <= this.metaState.membership.index) return;
     const next = { ...this.metaState, membership: { index, voters: [...voters], learners: [...learners] } };
     await writeMetaState(this.fs, this.metaPath, next);

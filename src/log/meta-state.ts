@@ -78,7 +78,7 @@ export function decodeMetaState(bytes: Uint8Array, displayName: string): MetaSta
   if (typeof state.clusterId !== "string" || !UUID.test(state.clusterId)) fail("cluster_id is not a UUID");
   if (o.membership !== undefined) {
     const m = o.membership as Record<string, unknown>;
-    if (typeof m !== "object" || m === null || !Number.isSafeInteger(m.index) || (m.index as number) < 1 || !isIdList(m.voters) || !isIdList(m.learners)) {
+    if (typeof m !== "object" || m === null || !Number.isSafeInteger(m.index) || (m.index as number) < 0 || !isIdList(m.voters) || !isIdList(m.learners)) {
       fail("membership is not {index, voters, learners}");
     }
     state.membership = { index: m.index as number, voters: m.voters as number[], learners: m.learners as number[] };

@@ -13,8 +13,11 @@ import { appendMany, tempDir } from "../helpers/log-fixtures.js";
 const root = join(import.meta.dirname, "..", "..");
 const bin = (name: string) => join(root, "bin", `${name}.js`);
 
+/** Servers started by tests listen on ports the system picks, never the defaults 7000/7001. */
+const SERVER_ENV = { ...process.env, VERITY_BIND_ADDRESS: "127.0.0.1:0", VERITY_SERVER_CLUSTER_ADDRESS: "127.0.0.1:0" };
+
 function runCli(name: string, args: string[]): { code: number; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [bin(name), ...args], { encoding: "utf8", timeout: 60_000 });
+  const r = spawnSync(process.execPath, [bin(name), ...args], { encoding: "utf8", timeout: 60_000, env: SERVER_ENV });
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -113,7 +116,7 @@ describe("verity-admin log verify / log dump / verify", () => {
 describe("verity-server", () => {
   it("opens ./data-style directories, refuses a second process, and stops cleanly on SIGTERM", async () => {
     const dd = join(tmp.path, "server");
-    const child = spawn(process.execPath, [bin("verity-server"), "--data-dir", dd], { stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [bin("verity-server"), "--data-dir", dd], { stdio: ["ignore", "pipe", "pipe"], env: SERVER_ENV });
     let out = "";
     child.stdout.on("data", (d: Buffer) => (out += d.toString()));
     // Bounded: 200 polls of 50 ms.
@@ -136,7 +139,7 @@ describe("verity-server", () => {
     const dd = join(tmp.path, "readonly");
     mkdirSync(dd, { mode: 0o755 });
     chmodSync(tmp.path, 0o755);
-    const r = spawnSync(process.execPath, [bin("verity-server"), "--data-dir", dd], { encoding: "utf8", uid: 65534, gid: 65534, timeout: 30_000 });
+    const r = spawnSync(process.execPath, [bin("verity-server"), "--data-dir", dd], { encoding: "utf8", uid: 65534, gid: 65534, timeout: 30_000, env: SERVER_ENV });
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/cannot write to directory .*readonly: EACCES; check that the user running VerityDB owns the data directory/);
     expect(r.stderr).not.toMatch(/\n\s+at /); // a message, not a stack trace

@@ -141,7 +141,7 @@ describe("verity-server startup log line", () => {
       stdio: ["ignore", "pipe", "pipe"],
       cwd: tmp.path,
       env: cleanEnv({
-        VERITY_DATA_DIR: dataDir, VERITY_BIND_ADDRESS: "127.0.0.2:7100", VERITY_STORAGE_SEGMENT_SIZE: "2MB",
+        VERITY_DATA_DIR: dataDir, VERITY_BIND_ADDRESS: "127.0.0.2:0", VERITY_SERVER_CLUSTER_ADDRESS: "127.0.0.1:0", VERITY_STORAGE_SEGMENT_SIZE: "2MB",
         VERITY_LOG_LEVEL: "error", VERITY_NODE_ID: "5", VERITY_STORAGE_SYNC_MODE: "async",
       }),
     });
@@ -162,16 +162,17 @@ describe("verity-server startup log line", () => {
     // sync_mode here is read back from the opened log.
     expect(line.fields).toMatchObject({ node_id: 5, data_dir: dataDir, config_file: config, sync_mode: "async" });
     expect(line.fields.settings).toMatchObject({
-      "server.bind_address": "127.0.0.2:7100", // env over default
+      "server.bind_address": "127.0.0.2:0", // env over default
       "storage.segment_size": "2MB", // env over file
       "limits.max_record_size": "2MB", // file over default
       "server.node_id": 5,
       log_level: "info", // flag over env: the info line is printed at all
-      "server.cluster_address": "127.0.0.1:7001",
+      "server.cluster_address": "127.0.0.1:0",
       cluster_peers: [],
     });
     expect(line.fields.settings_from).toEqual({
       "server.bind_address": "env VERITY_BIND_ADDRESS",
+      "server.cluster_address": "env VERITY_SERVER_CLUSTER_ADDRESS",
       "server.node_id": "env VERITY_NODE_ID",
       "storage.data_dir": "env VERITY_DATA_DIR",
       "storage.segment_size": "env VERITY_STORAGE_SEGMENT_SIZE",

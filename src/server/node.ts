@@ -1,0 +1,258 @@
+/**
+ * One VerityDB node: the data directory, the Raft core and its driver, the peer transport on the
+ * cluster port, a ticker, and the client port (gRPC plus HTTP `/health/live`, `/health/ready`,
+ * `/status`).
+ *
+ * Forming a cluster needs no coordination service:
+ * - The cluster id of a multi-node cluster is derived from `cluster_name` and the sorted cluster
+ *   addresses of its first members (this node's and `--cluster-peers`), so every node computes the
+ *   same one; a single node picks a random one.
+ * - The first configuration is this node plus the node ids its peers announce in `Hello`. It is
+ *   saved in meta/state.json, so later starts need no peers.
+ *
+ * Time: one tick is TICK_MS. `heartbeat_interval` and `election_timeout_min` become tick counts;
+ * the core draws each election timeout from [min, 2 x min), which is the guide's 150ms..300ms.
+ */
+
+import { createHash, randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
+import type * as http from "node:http";
+import * as grpc from "@grpc/grpc-js";
+import type { Logger } from "pino";
+import { RaftCore } from "../consensus/raft.js";
+import { RaftDriver } from "../consensus/driver.js";
+import { startStateFromDisk } from "../consensus/driver-start.js";
+import { Xoshiro128StarStar } from "../consensus/prng.js";
+import { Role, type MembershipConfig } from "../consensus/types.js";
+import { membershipConfig } from "../consensus/membership.js";
+import type { DataDir } from "../log/data-dir.js";
+import { FailedPreconditionError } from "../errors.js";
+import type { NodeId } from "../log/types.js";
+import { INFLIGHT_BYTES_MAX, INFLIGHT_MESSAGES_MAX, APPEND_RPC_BYTES_MAX } from "../limits.js";
+import { ClientListener } from "./client-listener.js";
+import { PeerTransport } from "./peer-transport.js";
+import { formatHostPort } from "./setting-values.js";
+import type { Settings } from "./settings.js";
+import { forTarget } from "../logger.js";
+
+/** Length of one consensus tick. */
+export const TICK_MS = 10;
+/** How long a new cluster waits for every peer's Hello before it keeps waiting with a warning. */
+export const BOOTSTRAP_WAIT_LOG_MS = 5_000;
+/** How long a stopping leader waits for leadership to move before it stops anyway. */
+export const TRANSFER_WAIT_MS = 3_000;
+
+/** The cluster id every first member derives from the same settings. */
+export function derivedClusterId(clusterName: string, addresses: readonly string[]): string {
+  const h = createHash("sha256").update(`verity-cluster\n${clusterName}\n${[...addresses].sort().join("\n")}`).digest("hex");
+  // Shaped as a version-8 (custom) UUID.
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-8${h.slice(13, 16)}-${((parseInt(h.slice(16, 17), 16) & 3) | 8).toString(16)}${h.slice(17, 20)}-${h.slice(20, 32)}`;
+}
+
+const ROLE_NAMES: Record<Role, string> = {
+  [Role.LEADER]: "leader",
+  [Role.FOLLOWER]: "follower",
+  [Role.CANDIDATE]: "candidate",
+  [Role.PRE_CANDIDATE]: "candidate",
+};
+
+export class VerityNode {
+  private ticker: NodeJS.Timeout | undefined;
+  private applied = 0;
+  private readonly lastSeen = new Map<number, number>();
+
+  private constructor(
+    private readonly settings: Settings,
+    private readonly logger: Logger,
+    private readonly consensusLogger: Logger,
+    readonly dir: DataDir,
+    readonly transport: PeerTransport,
+    private driver: RaftDriver | undefined,
+    readonly listener: ClientListener,
+  ) {}
+
+  /** The cluster id a node opening its data directory must find (undefined: any, for a single node). */
+  static clusterIdFor(settings: Settings): string | undefined {
+    const peers = settings.clusterPeers.map(formatHostPort);
+    return peers.length === 0 ? undefined : derivedClusterId(settings.server.clusterName, [formatHostPort(settings.server.clusterAddress), ...peers]);
+  }
+
+  /** Starts the node on an opened data directory (which it closes on `stop`). */
+  static async start(settings: Settings, root: Logger, dir: DataDir): Promise<VerityNode> {
+    const logger = forTarget(root, "verity_server");
+    const clusterAddress = formatHostPort(settings.server.clusterAddress);
+    const peers = settings.clusterPeers.map(formatHostPort);
+    const tls = loadTls(settings);
+    const nodeId = dir.meta.nodeId as NodeId;
+    // Callbacks below reach the node once it exists (messages or requests arriving before are dropped).
+    const ref: { node?: VerityNode } = {};
+    const transport = new PeerTransport({
+      nodeId, clusterId: dir.meta.clusterId, listen: clusterAddress, peers, tls,
+      onMessages: (messages) => ref.node?.receive(messages),
+      logger: forTarget(root, "verity_cluster"),
+    });
+    await transport.start();
+    const grpcServer = new grpc.Server();
+    const listener = new ClientListener({
+      listen: formatHostPort(settings.server.bindAddress),
+      tls: tls === undefined ? undefined : { ...tls, requireClientCert: settings.security.requireClientCert },
+      grpcServer,
+      http: (req, res) => {
+        if (ref.node === undefined) {
+          res.writeHead(503).end();
+          return;
+        }
+        ref.node.serveHttp(req, res);
+      },
+    });
+    await listener.start();
+    const node = new VerityNode(settings, logger, forTarget(root, "verity_consensus"), dir, transport, undefined, listener);
+    ref.node = node;
+    logger.info(
+      { node_id: nodeId, cluster_id: dir.meta.clusterId, client_address: listener.address, cluster_address: transport.address, peers },
+      "listening",
+    );
+    const bootstrap = await node.bootstrapConfig(peers.length);
+    await node.startConsensus(bootstrap);
+    return node;
+  }
+
+  /** The first configuration: saved in meta, or this node plus every peer's announced id. */
+  private async bootstrapConfig(peerCount: number): Promise<MembershipConfig> {
+    const saved = this.dir.meta.membership;
+    if (saved !== undefined) return membershipConfig(saved.voters as NodeId[], saved.learners as NodeId[]);
+    const self = this.dir.meta.nodeId as NodeId;
+    const started = Date.now();
+    let warned = false;
+    // Bounded by the peers answering; says what it waits for every BOOTSTRAP_WAIT_LOG_MS.
+    while (this.transport.connectedPeers().length < peerCount) {
+      if (!warned && Date.now() - started > BOOTSTRAP_WAIT_LOG_MS) {
+        warned = true;
+        this.logger.warn(
+          { connected: this.transport.connectedPeers(), expected: peerCount },
+          "forming a new cluster: waiting for every peer in --cluster-peers to answer (check that they run and are reachable)",
+        );
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const config = membershipConfig([self, ...this.transport.connectedPeers()]);
+    await this.dir.saveCommittedMembership(0, config.voters, config.learners);
+    this.logger.info({ voters: config.voters }, "new cluster formed");
+    return config;
+  }
+
+  private async startConsensus(bootstrap: MembershipConfig): Promise<void> {
+    const c = this.settings.consensus;
+    const heartbeatTicks = Math.max(1, Math.round(c.heartbeatIntervalMs / TICK_MS));
+    const electionTicks = Math.max(heartbeatTicks + 1, Math.round(c.electionTimeoutMsMin / TICK_MS));
+    const core = new RaftCore(
+      {
+        id: this.dir.meta.nodeId as NodeId, electionTicks, heartbeatTicks, preVote: true, checkQuorum: true,
+        entriesPerRpcMax: c.entriesPerRpcMax, appendRpcBytesMax: APPEND_RPC_BYTES_MAX,
+        inflightMessagesMax: INFLIGHT_MESSAGES_MAX, inflightBytesMax: INFLIGHT_BYTES_MAX,
+        prng: new Xoshiro128StarStar(Number.parseInt(randomUUID().slice(0, 8), 16)),
+        onEvent: (line) => this.consensusLogger.info({}, line),
+      },
+      await startStateFromDisk(this.dir, bootstrap),
+    );
+    this.driver = new RaftDriver(core, {
+      log: this.dir.log,
+      hardState: this.dir,
+      transport: this.transport,
+      stateMachine: { apply: (entries) => void (this.applied = entries[entries.length - 1]!.index) },
+      observer: {
+        onSoftState: (s) => this.consensusLogger.info({ state: ROLE_NAMES[s.role], leader: s.leader, view: core.hardState().term }, "role changed"),
+        onFailure: (e) => this.logger.error({ error: e instanceof Error ? e.message : String(e) }, "consensus stopped: a disk or port failed; restart the node"),
+      },
+    });
+    this.ticker = setInterval(() => this.driver?.tick(), TICK_MS);
+  }
+
+  private receive(messages: readonly import("../consensus/types.js").Message[]): void {
+    const now = Date.now();
+    for (const m of messages) {
+      this.lastSeen.set(m.from, now);
+      this.driver?.step(m);
+    }
+  }
+
+  /** The guide's /status JSON. */
+  status(): object {
+    const d = this.driver;
+    const s = d?.raft.status();
+    const leader = s?.leader ?? 0;
+    const members = s === undefined ? [] : [...s.config.voters, ...s.config.learners].filter((id) => id !== s.id);
+    return {
+      node_id: this.dir.meta.nodeId,
+      state: s === undefined ? "starting" : ROLE_NAMES[s.role],
+      view: s?.term ?? this.dir.meta.term,
+      commit_index: s?.commit ?? 0,
+      applied_index: this.applied,
+      leader_id: leader,
+      cluster: {
+        peers: members.map((id) => {
+          const seen = this.lastSeen.get(id);
+          return {
+            id,
+            state: id === leader ? "leader" : s!.config.learners.includes(id) ? "learner" : "follower",
+            last_seen: seen === undefined ? null : new Date(seen).toISOString(),
+          };
+        }),
+      },
+    };
+  }
+
+  /** Ready: a leader is known and everything known committed is applied. */
+  ready(): boolean {
+    const s = this.driver?.raft.status();
+    return s !== undefined && s.leader !== 0 && this.applied >= s.commit;
+  }
+
+  serveHttp(req: http.IncomingMessage, res: http.ServerResponse): void {
+    const path = (req.url ?? "").split("?")[0];
+    const send = (code: number, body: object): void => {
+      res.writeHead(code, { "content-type": "application/json" });
+      res.end(JSON.stringify(body) + "\n");
+    };
+    if (req.method !== "GET") return send(405, { error: "only GET is served here" });
+    if (path === "/health/live") return send(200, { status: "live" });
+    if (path === "/health/ready") {
+      return this.ready() ? send(200, { status: "ready" }) : send(503, { status: "not ready", reason: "no leader known yet, or applying committed entries" });
+    }
+    if (path === "/status") return send(200, this.status());
+    return send(404, { error: `no such path: ${path}; try /health/live, /health/ready or /status` });
+  }
+
+  /** A leader hands leadership to a caught-up voter first; then everything stops. */
+  async stop(): Promise<void> {
+    const d = this.driver;
+    if (d !== undefined && d.raft.softState().role === Role.LEADER) {
+      const s = d.raft.status();
+      const target = s.progress.filter((p) => p.id !== s.id && s.config.voters.includes(p.id)).sort((a, b) => b.match - a.match)[0];
+      if (target !== undefined) {
+        d.input((core) => core.transferLeader(target.id));
+        const until = Date.now() + TRANSFER_WAIT_MS;
+        // Bounded by TRANSFER_WAIT_MS.
+        while (Date.now() < until && d.raft.softState().role === Role.LEADER) await new Promise((r) => setTimeout(r, 20));
+        this.logger.info({ to: target.id, transferred: d.raft.softState().role !== Role.LEADER }, "leadership transfer before shutdown");
+      }
+    }
+    clearInterval(this.ticker);
+    await d?.stop();
+    await this.listener.stop();
+    await this.transport.stop();
+    await this.dir.close();
+  }
+}
+
+function loadTls(settings: Settings): { cert: Buffer; key: Buffer; ca: Buffer } | undefined {
+  const s = settings.security;
+  if (s.tlsCert === undefined || s.tlsKey === undefined) return undefined;
+  if (s.tlsCa === undefined) {
+    throw new FailedPreconditionError(
+      "[security] tls_cert and tls_key are set but tls_ca is not: nodes authenticate each other with mutual TLS, " +
+        "so set tls_ca to the CA certificate that signed the cluster's certificates",
+    );
+  }
+  return { cert: readFileSync(s.tlsCert), key: readFileSync(s.tlsKey), ca: readFileSync(s.tlsCa) };
+}

@@ -1,0 +1,138 @@
+/**
+ * A real 3-node cluster: three verity-server processes on loopback with mutual TLS (certificates
+ * made with openssl), driven the way an operator would: status over HTTPS, kill -9 of the leader,
+ * restart, SIGTERM of the leader. Every process started here is stopped by its PID.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import * as https from "node:https";
+import * as net from "node:net";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { TestCa } from "../helpers/certs.js";
+import { tempDir } from "../helpers/log-fixtures.js";
+
+const root = join(import.meta.dirname, "..", "..");
+const tmp = tempDir("cluster");
+const ca = new TestCa(join(tmp.path, "ca"));
+const admin = ca.issue("admin");
+const children = new Set<ChildProcess>();
+
+afterAll(async () => {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
+  tmp.cleanup();
+});
+
+async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, "127.0.0.1", () => r()));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+interface Node {
+  id: number;
+  client: number;
+  cluster: number;
+  process?: ChildProcess;
+  output: string;
+}
+
+function start(node: Node, all: Node[]): void {
+  const cert = ca.issue(`node-${node.id}`);
+  const peers = all.filter((n) => n !== node).map((n) => `127.0.0.1:${n.cluster}`).join(",");
+  const child = spawn(process.execPath, [join(root, "bin", "verity-server.js"),
+    "--node-id", String(node.id), "--data-dir", join(tmp.path, `node${node.id}`),
+    "--bind", `127.0.0.1:${node.client}`, "--cluster-address", `127.0.0.1:${node.cluster}`, "--cluster-peers", peers], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, VERITY_SECURITY_TLS_CERT: cert.cert, VERITY_SECURITY_TLS_KEY: cert.key, VERITY_SECURITY_TLS_CA: ca.cert },
+  });
+  node.output = "";
+  child.stdout!.on("data", (d: Buffer) => (node.output += d.toString()));
+  child.stderr!.on("data", (d: Buffer) => (node.output += d.toString()));
+  children.add(child);
+  node.process = child;
+}
+
+function status(node: Node): Promise<Record<string, unknown> | undefined> {
+  return new Promise((resolve) => {
+    const req = https.get(
+      { host: "127.0.0.1", port: node.client, path: "/status", ca: ca.pem(), cert: readFileSync(admin.cert), key: readFileSync(admin.key), timeout: 1000 },
+      (res) => {
+        let body = "";
+        res.on("data", (d: Buffer) => (body += d.toString()));
+        res.on("end", () => resolve(res.statusCode === 200 ? (JSON.parse(body) as Record<string, unknown>) : undefined));
+      },
+    );
+    req.on("error", () => resolve(undefined));
+    req.on("timeout", () => req.destroy());
+  });
+}
+
+async function until<T>(what: string, probe: () => Promise<T | undefined>, ms = 20_000): Promise<T> {
+  const end = Date.now() + ms;
+  // Bounded by the deadline.
+  for (;;) {
+    const v = await probe();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function leaderOf(nodes: Node[]): Promise<{ leader: Node; view: number } | undefined> {
+  const views = await Promise.all(nodes.map(status));
+  const leaders = views.filter((s) => s?.state === "leader");
+  if (leaders.length !== 1) return undefined;
+  const id = leaders[0]!.node_id as number;
+  // Every live node agrees on the leader.
+  if (!views.every((s) => s !== undefined && s.leader_id === id)) return undefined;
+  return { leader: nodes.find((n) => n.id === id)!, view: leaders[0]!.view as number };
+}
+
+function exited(child: ChildProcess): Promise<number | null> {
+  return child.exitCode !== null ? Promise.resolve(child.exitCode) : new Promise((r) => child.once("exit", (code) => r(code)));
+}
+
+describe("a 3-node cluster of real processes with mutual TLS", () => {
+  it("elects a leader, survives kill -9 of the leader, takes it back, and hands over on SIGTERM", async () => {
+    const nodes: Node[] = [];
+    for (const id of [1, 2, 3]) nodes.push({ id, client: await freePort(), cluster: await freePort(), output: "" });
+    for (const n of nodes) start(n, nodes);
+    const first = await until("a leader", () => leaderOf(nodes));
+    const s = (await status(first.leader))!;
+    expect(s).toMatchObject({ state: "leader", node_id: first.leader.id });
+    expect((s.cluster as { peers: unknown[] }).peers).toHaveLength(2);
+
+    // kill -9 the leader: the other two elect a new one within a few seconds.
+    const killedAt = Date.now();
+    first.leader.process!.kill("SIGKILL");
+    await exited(first.leader.process!);
+    const rest = nodes.filter((n) => n !== first.leader);
+    const second = await until("a new leader", () => leaderOf(rest), 10_000);
+    expect(second.view).toBeGreaterThan(first.view);
+    expect(Date.now() - killedAt).toBeLessThan(10_000);
+
+    // The old leader restarts and rejoins as a follower of the new one.
+    start(first.leader, nodes);
+    await until("the old leader rejoining", async () => {
+      const st = await status(first.leader);
+      return st?.state === "follower" && st.leader_id === second.leader.id ? st : undefined;
+    });
+
+    // SIGTERM the leader: it transfers leadership first and exits 0.
+    const leaving = second.leader;
+    leaving.process!.kill("SIGTERM");
+    expect(await exited(leaving.process!)).toBe(0);
+    expect(leaving.output).toMatch(/"transferred":true/);
+    const remaining = nodes.filter((n) => n !== leaving);
+    const third = await until("leadership after the handover", () => leaderOf(remaining), 10_000);
+    expect(third.leader).not.toBe(leaving);
+
+    for (const n of remaining) {
+      n.process!.kill("SIGTERM");
+      expect(await exited(n.process!)).toBe(0);
+    }
+  });
+});
