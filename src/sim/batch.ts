@@ -4,6 +4,7 @@
  */
 
 import { createHash } from "node:crypto";
+import type { OracleName } from "./oracles.js";
 import { runSeed, type FaultStats, type SeedResult } from "./simulator.js";
 
 /** The `--json` object. */
@@ -31,13 +32,15 @@ export interface BatchOptions {
   readonly until?: () => boolean;
   readonly voters: 3 | 5;
   readonly safetyDuration?: number | undefined;
+  /** Oracles to switch off (to see which other oracle catches a bug). */
+  readonly disabledOracles?: readonly OracleName[];
 }
 
 export async function runSeeds(options: BatchOptions): Promise<BatchResult> {
   const hash = createHash("sha256");
   const summary: BatchSummary = {
     seeds: 0, events: 0, violations: 0, elections: 0, commits: 0,
-    faults: { partitions: 0, crashes: 0, lost_unsynced: 0, torn_writes: 0, pauses: 0, transfers: 0, membership_changes: 0 },
+    faults: { partitions: 0, crashes: 0, lost_unsynced: 0, torn_writes: 0, pauses: 0, transfers: 0, membership_changes: 0, strikes: 0 },
     trace_hash: "",
   };
   const results: SeedResult[] = [];
@@ -45,7 +48,7 @@ export async function runSeeds(options: BatchOptions): Promise<BatchResult> {
   const next = seedSource(options);
   // Bounded by the seed list, or by `until` (the caller's time box).
   for (let seed = next(); seed !== undefined; seed = next()) {
-    const result = await runSeed({ seed, voters: options.voters, safetyDuration: options.safetyDuration });
+    const result = await runSeed({ seed, voters: options.voters, safetyDuration: options.safetyDuration, disabledOracles: options.disabledOracles ?? [] });
     results.push(result);
     hash.update(`${seed}:${result.traceHash}\n`);
     summary.seeds++;

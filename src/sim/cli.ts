@@ -7,6 +7,7 @@
  *   --minutes M   consecutive seeds from --from (default: a random start, printed) until M minutes pass
  *   --nodes 3|5   voters at the start (default 3; the other ids up to 5 are spare machines)
  *   --json        print one JSON object with the totals
+ *   --without O   switch oracle O off (repeatable): which other oracle catches the same bug?
  *
  * Exits 1 on any violation, printing the seed, the oracle and the last trace lines. Wall-clock time
  * only bounds --minutes; it never decides anything inside a seed.
@@ -14,6 +15,7 @@
 
 import { randomInt } from "node:crypto";
 import { runSeeds, type BatchResult } from "./batch.js";
+import { OracleName } from "./oracles.js";
 
 interface CliOptions {
   seeds: number[] | undefined;
@@ -22,12 +24,13 @@ interface CliOptions {
   voters: 3 | 5;
   json: boolean;
   safetyDuration: number | undefined;
+  disabledOracles: OracleName[];
 }
 
-const USAGE = "usage: node dist/src/sim/cli.js (--seeds N | --seed S | --minutes M [--from S]) [--nodes 3|5] [--json] [--duration MS]";
+const USAGE = "usage: node dist/src/sim/cli.js (--seeds N | --seed S | --minutes M [--from S]) [--nodes 3|5] [--json] [--duration MS] [--without ORACLE]...";
 
 function parse(argv: readonly string[]): CliOptions | string {
-  const options: CliOptions = { seeds: undefined, minutes: undefined, from: undefined, voters: 3, json: false, safetyDuration: undefined };
+  const options: CliOptions = { seeds: undefined, minutes: undefined, from: undefined, voters: 3, json: false, safetyDuration: undefined, disabledOracles: [] };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i]!;
     const value = (): number | undefined => {
@@ -76,6 +79,13 @@ function parse(argv: readonly string[]): CliOptions | string {
       case "--json":
         options.json = true;
         break;
+      case "--without": {
+        const name = argv[++i];
+        const known = Object.values(OracleName) as string[];
+        if (name === undefined || !known.includes(name)) return `--without needs one of ${known.join(", ")}. ${USAGE}`;
+        options.disabledOracles.push(name as OracleName);
+        break;
+      }
       case "--help":
       case "-h":
         return USAGE;
@@ -96,12 +106,18 @@ async function main(): Promise<number> {
   let result: BatchResult;
   const started = performance.now();
   if (options.seeds !== undefined) {
-    result = await runSeeds({ seeds: options.seeds, voters: options.voters, safetyDuration: options.safetyDuration });
+    result = await runSeeds({ seeds: options.seeds, voters: options.voters, safetyDuration: options.safetyDuration, disabledOracles: options.disabledOracles });
   } else {
     const from = options.from ?? randomInt(1, 2 ** 31);
     process.stderr.write(`running seeds from ${from} for ${options.minutes} minutes\n`);
     const deadline = started + options.minutes! * 60_000;
-    result = await runSeeds({ from, voters: options.voters, safetyDuration: options.safetyDuration, until: () => performance.now() >= deadline });
+    result = await runSeeds({
+      from,
+      voters: options.voters,
+      safetyDuration: options.safetyDuration,
+      disabledOracles: options.disabledOracles,
+      until: () => performance.now() >= deadline,
+    });
   }
   const seconds = (performance.now() - started) / 1000;
   if (result.failure !== undefined) {

@@ -107,6 +107,18 @@ export class SimNetwork {
     return description;
   }
 
+  /** Replaces any partition with one that cuts `node` off from every other node. */
+  isolate(node: number): string {
+    const blocked = new Set<number>();
+    for (const other of NODE_IDS) {
+      if (other === node) continue;
+      blocked.add(linkKey(node, other));
+      blocked.add(linkKey(other, node));
+    }
+    this.blocked = blocked;
+    return `isolate ${node}`;
+  }
+
   clog(from: number, to: number, extraDelay: number): void {
     this.clogs.set(linkKey(from, to), extraDelay);
   }

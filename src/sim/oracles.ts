@@ -8,6 +8,8 @@
  * entry with the same predecessor term, which by induction makes the whole prefixes equal.
  */
 
+import type { Message } from "../consensus/types.js";
+
 /** An entry as the oracles see it. */
 export interface EntryId {
   readonly term: number;
@@ -26,6 +28,7 @@ export const OracleName = {
   STATE_MACHINE_SAFETY: "state-machine-safety",
   MONOTONIC_STATE: "monotonic-state",
   DURABILITY: "durability",
+  PERSIST_BEFORE_SEND: "persist-before-send",
   ACKNOWLEDGED_LOST: "acknowledged-write-lost",
   LINEARIZABLE_READ: "linearizable-read",
   LIVENESS: "liveness",
@@ -215,6 +218,27 @@ export class Oracles {
         this.fail(OracleName.DURABILITY, `node ${node} restarted with ${show(recoveredLog[i - 1])} at index ${i}, where ${show(durableLog[i - 1])} was durable`);
         return;
       }
+    }
+  }
+
+  /**
+   * A node hands `message` to the network: the term and vote it speaks for must already be durable
+   * on it (Raft section 5: servers persist before they answer; types.ts Ready: messages after the
+   * hard state is durable). `saved` is the term and vote meta/state.json durably holds. A later
+   * durable term covers a message of an earlier one: the node can never act in that term again.
+   * A node that breaks this is one crash away from voting twice in a term, which election safety
+   * sees only if the crash, the restart and a second candidate come at the right moments.
+   *
+   * Entries are not checked here: a message built from entries that a later cut removed in the
+   * same Ready is harmless, and the durability and consensus oracles cover lost entries.
+   */
+  observeSend(node: number, m: Message, saved: { term: number; vote: number }): void {
+    // A pre-vote asks for, and its answer grants, a term nobody has entered yet: nothing to persist.
+    if (m.type === "PRE_VOTE" || m.type === "PRE_VOTE_RESPONSE") return;
+    if (m.term > saved.term) {
+      this.fail(OracleName.PERSIST_BEFORE_SEND, `node ${node} sent ${m.type} to ${m.to} in term ${m.term} while its durable term was ${saved.term}`);
+    } else if (m.type === "VOTE_RESPONSE" && m.granted && m.term === saved.term && saved.vote !== m.to) {
+      this.fail(OracleName.PERSIST_BEFORE_SEND, `node ${node} granted its vote in term ${m.term} to ${m.to}, but its durable vote in that term is ${saved.vote}`);
     }
   }
 

@@ -25,6 +25,24 @@ export interface FaultIntervals {
   readonly membership: number;
 }
 
+/**
+ * Targeted nemeses (Jepsen's "partition the leader", TigerBeetle VOPR's crash timing): faults
+ * aimed at the moments where Raft's subtle rules matter, which random faults almost never hit.
+ * Each is a probability per occasion; swarm testing turns each off for some seeds.
+ */
+export interface StrikeParams {
+  /** A node just became leader: strike it before its no-op can commit (figure 8's first half). */
+  readonly onElection: number;
+  /** A leader's commit index just advanced for the first time in its term: strike it at once. */
+  readonly onFirstCommit: number;
+  /** A node just granted a vote: crash it before its disk may have caught up, and restart it soon. */
+  readonly onVoteGranted: number;
+  /** A leader strike isolates the node (in-flight messages to and from it are lost) rather than crashing it. */
+  readonly isolateProbability: number;
+  /** Upper bound of the quick restart after a strike crash, in ticks of the node. */
+  readonly restartTicksMax: number;
+}
+
 export interface SimParams {
   readonly seed: number;
   /** Voters at the start: nodes 1..voters. The other ids up to SIM_NODE_IDS_MAX are spare machines. */
@@ -49,6 +67,7 @@ export interface SimParams {
   readonly bigPayloadProbability: number;
   /** Virtual milliseconds of the safety phase (faults on). */
   readonly safetyDuration: number;
+  readonly strikes: StrikeParams;
 }
 
 export const NODE_IDS = [1, 2, 3, 4, 5] as const;
@@ -115,5 +134,13 @@ export function drawParams(seed: number, voters: 3 | 5, safetyDuration: number):
     // enough to make some seeds fill a 1 MiB segment and seal it.
     bigPayloadProbability: random.swarm(0.25, 0.01),
     safetyDuration,
+    // Drawn last, so that every other parameter of a seed is what it was before strikes existed.
+    strikes: {
+      onElection: random.swarm(0.6, 0.8),
+      onFirstCommit: random.swarm(0.6, 0.8),
+      onVoteGranted: random.swarm(0.5, 0.6),
+      isolateProbability: random.fraction(),
+      restartTicksMax: random.between(1, 4) * electionTicks,
+    },
   };
 }

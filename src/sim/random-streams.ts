@@ -55,6 +55,8 @@ export const Stream = {
   FAULTS: 4,
   CLIENTS: 5,
   CRASH: 6,
+  /** Targeted nemeses (strikes). */
+  STRIKES: 7,
   /** Core election timers: CORE + node id * 1000 + incarnation. */
   CORE: 100,
 } as const;

@@ -36,6 +36,11 @@ export interface PlantedBugs {
   readonly forgetVotes?: boolean;
   /** The log's append resolves before the entries are durable: an acknowledged entry may be lost. */
   readonly acknowledgeBeforeDurable?: boolean;
+  /**
+   * saveTermAndVote resolves at once while the write goes on: the driver answers a vote request
+   * before the vote is durable, and a crash may forget it (a driver that does not await the save).
+   */
+  readonly answerBeforeVoteDurable?: boolean;
 }
 
 /** What a node needs from the simulator. */
@@ -206,15 +211,22 @@ export class SimNode {
         saveTermAndVote: (term, vote) => {
           host.noteActivity();
           const save = host.bugs.forgetVotes === true ? Promise.resolve() : dir.saveTermAndVote(term, vote);
-          return save.then(() => {
+          const saved = save.then(() => {
             if (current()) this.saved = { term, vote };
           });
+          if (host.bugs.answerBeforeVoteDurable !== true) return saved;
+          saved.catch((e: unknown) => {
+            if (current()) host.failed(this, e);
+          });
+          return Promise.resolve();
         },
       },
       transport: {
         send: (messages) => {
           host.noteActivity();
-          if (current()) host.send(messages);
+          if (!current()) return;
+          for (const message of messages) host.oracles.observeSend(this.id, message, this.saved);
+          host.send(messages);
         },
       },
       stateMachine: {

@@ -43,6 +43,8 @@ export interface FaultStats {
   pauses: number;
   transfers: number;
   membership_changes: number;
+  /** Targeted nemeses that fired (params.ts StrikeParams). */
+  strikes: number;
 }
 
 export interface SeedResult {
@@ -87,11 +89,28 @@ type SimEvent =
   | { readonly kind: "heal-partition"; readonly generation: number }
   | { readonly kind: "unclog"; readonly from: number; readonly to: number }
   | { readonly kind: "restart"; readonly node: number }
+  | { readonly kind: "strike"; readonly strike: Strike }
   | { readonly kind: "resume"; readonly node: number }
   | { readonly kind: "propose" }
   | { readonly kind: "read" }
   | { readonly kind: "liveness" }
   | { readonly kind: "marker" };
+
+/** A targeted fault against one node (params.ts StrikeParams). */
+interface Strike {
+  readonly node: number;
+  readonly reason: "elected" | "first-commit" | "voted";
+  /** Leader strikes: only while the node still leads this term. */
+  readonly leaderTerm: number | undefined;
+  readonly isolate: boolean;
+}
+
+/** What the strike nemesis tracks of a node that leads. */
+interface Leadership {
+  readonly term: number;
+  readonly commitAtElection: number;
+  committedInTerm: boolean;
+}
 
 interface Proposal {
   readonly node: number;
@@ -124,6 +143,9 @@ export class Simulator implements NodeHost {
   private readonly faultRandom: RandomStream;
   private readonly crashRandom: RandomStream;
   private readonly clientRandom: RandomStream;
+  private readonly strikeRandom: RandomStream;
+  /** Node -> the term it leads and what the strike nemesis saw of it. */
+  private readonly leadership = new Map<number, Leadership>();
   private now = 0;
   private events = 0;
   /** Port and disk calls so far: the drain loop stops after a turn without any. */
@@ -133,7 +155,7 @@ export class Simulator implements NodeHost {
   private partitionGeneration = 0;
   private livenessDeadline = 0;
   private readonly stats: FaultStats = {
-    partitions: 0, crashes: 0, lost_unsynced: 0, torn_writes: 0, pauses: 0, transfers: 0, membership_changes: 0,
+    partitions: 0, crashes: 0, lost_unsynced: 0, torn_writes: 0, pauses: 0, transfers: 0, membership_changes: 0, strikes: 0,
   };
   // ---- Clients. ----
   private readonly proposals = new Map<string, Proposal>();
@@ -156,6 +178,7 @@ export class Simulator implements NodeHost {
     this.faultRandom = new RandomStream(params.seed, Stream.FAULTS);
     this.crashRandom = new RandomStream(params.seed, Stream.CRASH);
     this.clientRandom = new RandomStream(params.seed, Stream.CLIENTS);
+    this.strikeRandom = new RandomStream(params.seed, Stream.STRIKES);
     const voters = NODE_IDS.filter((id) => id <= params.voters);
     for (const id of NODE_IDS) {
       const bootstrap = id <= params.voters ? { voters, learners: [] } : { voters: [], learners: [] };
@@ -264,6 +287,8 @@ export class Simulator implements NodeHost {
       }
       case "resume":
         return this.resume(this.node(event.node));
+      case "strike":
+        return this.strike(event.strike);
       case "propose":
         if (this.phase !== "safety") return;
         this.propose(false);
@@ -356,6 +381,9 @@ export class Simulator implements NodeHost {
       if (soft.role === Role.LEADER) {
         this.oracles.observeLeader(node.id, hard.term);
         this.oracles.observeLeaderLog(node.id, hard.term, node.accepted, core.status().lastIndex);
+        this.watchLeader(node, hard.term, hard.commit);
+      } else {
+        this.leadership.delete(node.id);
       }
     }
   }
@@ -372,6 +400,7 @@ export class Simulator implements NodeHost {
 
   send(messages: readonly Message[]): void {
     for (const message of messages) {
+      if (message.type === "VOTE_RESPONSE" && message.granted) this.maybeStrike(message.from, "voted", undefined, this.params.strikes.onVoteGranted);
       if (!this.nodes.has(message.to)) continue;
       for (const time of this.network.arrivals(message, this.now)) this.at(time, { kind: "deliver", message });
     }
@@ -444,14 +473,7 @@ export class Simulator implements NodeHost {
         const up = this.upNodes();
         if (up.length === 0) return;
         const node = random.pick(up);
-        const report = node.crash(this.crashRandom);
-        this.stats.crashes++;
-        this.stats.lost_unsynced += report.lostWrites;
-        this.stats.torn_writes += report.tornWrites;
-        this.held.set(node.id, []);
-        this.forgetClients(node.id);
-        this.trace(`${this.now} crash ${node.id}: lost ${report.lostWrites} unsynced writes, tore ${report.tornWrites}`);
-        this.at(this.now + random.between(10, 2000), { kind: "restart", node: node.id });
+        this.crash(node, random.between(10, 2000));
         return;
       }
       case "pause": {
@@ -469,6 +491,85 @@ export class Simulator implements NodeHost {
       case "membership":
         return this.changeMembership();
     }
+  }
+
+  private crash(node: SimNode, restartAfter: number): void {
+    const report = node.crash(this.crashRandom);
+    this.stats.crashes++;
+    this.stats.lost_unsynced += report.lostWrites;
+    this.stats.torn_writes += report.tornWrites;
+    this.held.set(node.id, []);
+    this.forgetClients(node.id);
+    this.leadership.delete(node.id);
+    this.trace(`${this.now} crash ${node.id}: lost ${report.lostWrites} unsynced writes, tore ${report.tornWrites}`);
+    this.at(this.now + restartAfter, { kind: "restart", node: node.id });
+  }
+
+  // =================================================================== strikes (targeted nemeses)
+
+  /**
+   * Called after every event for a node that leads `term`: a new leader may be struck before its
+   * no-op commits (a later-term entry it wrote survives only on it, an earlier-term entry it
+   * replicated may be counted), and a leader whose commit just advanced for the first time in its
+   * term may be struck at that very moment (figure 8: a leader that committed an earlier-term entry
+   * by counting must not lose it to the node holding a conflicting later-term one).
+   */
+  private watchLeader(node: SimNode, term: number, commit: number): void {
+    const seen = this.leadership.get(node.id);
+    if (seen === undefined || seen.term !== term) {
+      this.leadership.set(node.id, { term, commitAtElection: commit, committedInTerm: false });
+      this.maybeStrike(node.id, "elected", term, this.params.strikes.onElection);
+      return;
+    }
+    if (!seen.committedInTerm && commit > seen.commitAtElection) {
+      seen.committedInTerm = true;
+      this.maybeStrike(node.id, "first-commit", term, this.params.strikes.onFirstCommit);
+    }
+  }
+
+  private maybeStrike(node: number, reason: Strike["reason"], leaderTerm: number | undefined, probability: number): void {
+    if (this.phase !== "safety" || !this.strikeRandom.chance(probability)) return;
+    const random = this.strikeRandom;
+    const period = Math.ceil(this.tickPeriod(node));
+    let delay: number;
+    switch (reason) {
+      // Within a few ticks, often at once: before the no-op is durable, sent or acknowledged.
+      case "elected":
+        delay = random.chance(0.4) ? 0 : random.between(1, 3 * period);
+        break;
+      // At once: the messages the leader sent with the commit are still in flight.
+      case "first-commit":
+        delay = random.chance(0.7) ? 0 : random.between(1, period);
+        break;
+      // Within the disk's sync delay: a correct node made the vote durable before answering.
+      case "voted":
+        delay = random.between(0, this.params.syncDelayMax);
+        break;
+    }
+    const isolate = reason !== "voted" && random.chance(this.params.strikes.isolateProbability);
+    this.at(this.now + delay, { kind: "strike", strike: { node, reason, leaderTerm, isolate } });
+  }
+
+  private strike(strike: Strike): void {
+    if (this.phase !== "safety") return;
+    const node = this.node(strike.node);
+    if (!node.up || node.driver === undefined) return;
+    if (strike.leaderTerm !== undefined) {
+      const core = node.driver.raft;
+      if (core.softState().role !== Role.LEADER || core.hardState().term !== strike.leaderTerm) return;
+    }
+    this.stats.strikes++;
+    const random = this.strikeRandom;
+    if (strike.isolate) {
+      const description = this.network.isolate(node.id);
+      this.partitionGeneration++;
+      this.stats.partitions++;
+      this.trace(`${this.now} strike (${strike.reason}): partition: ${description}`);
+      this.at(this.now + random.between(50, 1500), { kind: "heal-partition", generation: this.partitionGeneration });
+      return;
+    }
+    this.trace(`${this.now} strike (${strike.reason}) on ${node.id}`);
+    this.crash(node, random.between(1, Math.ceil(this.params.strikes.restartTicksMax * this.tickPeriod(node.id))));
   }
 
   private transfer(): void {

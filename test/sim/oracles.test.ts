@@ -113,6 +113,28 @@ describe("each oracle catches a hand-made violation", () => {
     }
   });
 
+  it("persist before send: a message in a term, or a granted vote, that is not durable yet", () => {
+    const vote = (term: number, to: number, granted = true) => ({ type: "VOTE_RESPONSE", from: 1, to, term, granted }) as const;
+    const ok = new Oracles();
+    ok.observeSend(1, vote(5, 2) as never, { term: 5, vote: 2 });
+    ok.observeSend(1, vote(4, 3) as never, { term: 5, vote: 2 }); // a later durable term covers an earlier vote
+    ok.observeSend(1, vote(5, 3, false) as never, { term: 5, vote: 2 });
+    ok.observeSend(1, { type: "PRE_VOTE", from: 1, to: 2, term: 6, lastLogIndex: 0, lastLogTerm: 0, leaderTransfer: false } as never, { term: 5, vote: 2 });
+    ok.observeSend(1, { type: "PRE_VOTE_RESPONSE", from: 1, to: 2, term: 6, granted: true } as never, { term: 5, vote: 2 });
+    expect(ok.violation).toBeUndefined();
+    const bad: Array<(o: Oracles) => void> = [
+      (o) => o.observeSend(1, vote(6, 2) as never, { term: 5, vote: 2 }),
+      (o) => o.observeSend(1, vote(5, 3) as never, { term: 5, vote: 2 }),
+      (o) => o.observeSend(1, vote(5, 3) as never, { term: 5, vote: 0 }),
+      (o) => o.observeSend(1, { type: "HEARTBEAT", from: 1, to: 2, term: 6, commit: 0, readRound: 0 } as never, { term: 5, vote: 1 }),
+    ];
+    for (const check of bad) {
+      const o = new Oracles();
+      check(o);
+      expect(o.violation?.oracle).toBe(OracleName.PERSIST_BEFORE_SEND);
+    }
+  });
+
   it("acknowledged writes: an acknowledgement of an entry that is not the committed one", () => {
     const o = new Oracles();
     o.observeCommit(1, [e(1, "a")], 1, 1);
@@ -139,6 +161,9 @@ describe("each oracle catches a hand-made violation", () => {
 });
 
 /** Runs seeds until one reports a violation; the first violation found, or undefined. */
+/** Seeds within which the crash-after-vote strike turns a vote answered before it was durable into two leaders. */
+const SEEDS_FOR_VOTE_BUG = 30;
+
 async function firstCatch(bugs: PlantedBugs, seedsMax: number, disabledOracles: OracleName[] = []) {
   for (let seed = 1; seed <= seedsMax; seed++) {
     const result = await runSeed({ seed, voters: 3, bugs, disabledOracles });
@@ -156,6 +181,17 @@ describe("the simulator catches bugs planted in the driver's ports", () => {
   it("a log port that acknowledges appends before they are durable", async () => {
     const caught = await firstCatch({ acknowledgeBeforeDurable: true }, 30);
     expect(caught).toBeDefined();
+  });
+
+  it("a hard-state port that resolves before the vote is durable: the driver answers a vote it may forget", async () => {
+    const caught = await firstCatch({ answerBeforeVoteDurable: true }, 5);
+    expect(caught?.oracle).toBe(OracleName.PERSIST_BEFORE_SEND);
+  });
+
+  it("the same bug with the persist-before-send oracle off: a crash right after a vote makes a consensus oracle see it", async () => {
+    const caught = await firstCatch({ answerBeforeVoteDurable: true }, SEEDS_FOR_VOTE_BUG, [OracleName.PERSIST_BEFORE_SEND]);
+    expect(caught).toBeDefined();
+    expect([OracleName.ELECTION_SAFETY, OracleName.LOG_MATCHING, OracleName.LEADER_COMPLETENESS, OracleName.STATE_MACHINE_SAFETY]).toContain(caught!.oracle);
   });
 
   it("the same bug with the durability oracle off: a consensus oracle catches its consequences", async () => {

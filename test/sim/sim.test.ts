@@ -68,6 +68,7 @@ describe("the simulator replays a seed exactly", () => {
     expect(s.faults.crashes).toBeGreaterThan(0);
     expect(s.faults.partitions).toBeGreaterThan(0);
     expect(s.faults.membership_changes).toBeGreaterThan(0);
+    expect(s.faults.strikes).toBeGreaterThan(0);
     expect(batch.results.reduce((n, r) => n + r.reads, 0)).toBeGreaterThan(0);
     expect(batch.results.reduce((n, r) => n + r.acknowledged, 0)).toBeGreaterThan(0);
   });
