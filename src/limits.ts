@@ -232,14 +232,14 @@ export const SIM_HELD_MESSAGES_MAX = 4096;
 /** Event-loop turns one drain may take at most before the simulator declares the run stuck. */
 export const SIM_DRAIN_ROUNDS_MAX = 10_000;
 /**
- * Membership changes one seed may make at most. A restarted node passes commit 0 to the core, so
- * every MEMBERSHIP entry in its log is in the history it starts with: it must stay below
- * MEMBERSHIP_HISTORY_MAX.
+ * Membership changes one seed may make at most: well past MEMBERSHIP_HISTORY_MAX, to show that a
+ * restart starts from the committed configuration saved in meta (driver-start.ts) rather than from
+ * every MEMBERSHIP entry in the log.
  */
-export const SIM_MEMBERSHIP_CHANGES_MAX = 24;
+export const SIM_MEMBERSHIP_CHANGES_MAX = 200;
 /** Ticks (of the slowest clock) the liveness phase may take to converge. */
 export const SIM_LIVENESS_TICKS_MAX = 600;
 /** Trace lines printed with a failure. */
 export const SIM_TRACE_LINES = 40;
 
-assert(SIM_MEMBERSHIP_CHANGES_MAX + 1 < MEMBERSHIP_HISTORY_MAX);
+assert(SIM_MEMBERSHIP_CHANGES_MAX > MEMBERSHIP_HISTORY_MAX);

@@ -11,13 +11,13 @@
  */
 
 import { RaftDriver, type DriverPorts, type LogStoragePort } from "../consensus/driver.js";
-import { decodeConfig } from "../consensus/membership.js";
+import { startStateFromDisk } from "../consensus/driver-start.js";
 import { RaftCore } from "../consensus/raft.js";
-import type { MembershipAt, MembershipConfig, Message, ReadState } from "../consensus/types.js";
+import type { MembershipConfig, Message, ReadState } from "../consensus/types.js";
 import { DataDir } from "../log/data-dir.js";
 import { MemoryFileSystem } from "../log/memory-fs.js";
 import type { SegmentedLog } from "../log/segmented-log.js";
-import { RecordKind, type LogEntry, type LogIndex, type NodeId, type Term } from "../log/types.js";
+import type { LogEntry, NodeId } from "../log/types.js";
 import { APPEND_RPC_BYTES_MAX, INFLIGHT_BYTES_MAX, INFLIGHT_MESSAGES_MAX } from "../limits.js";
 import { entryId, type EntryId, type HardStateSeen, type Oracles } from "./oracles.js";
 import type { SimParams } from "./params.js";
@@ -123,15 +123,9 @@ export class SimNode {
         onEvent: (line) => host.trace(`  ${this.id}: ${line}`),
       },
       {
-        hardState: { term: dir.meta.term as Term, vote: dir.meta.vote as NodeId, commit: 0 as LogIndex },
-        log: {
-          baseIndex: (dir.log.firstIndex - 1) as LogIndex,
-          baseTerm: 0 as Term,
-          lastIndex: dir.log.lastIndex,
-          termRuns: dir.log.termRuns(),
-        },
-        membership: membershipHistory(this.bootstrap, entries),
-        appliedIndex: 0 as LogIndex,
+        // The production restart path: term and vote from meta, the committed configuration saved
+        // there when it was applied, and the configurations after it in the log.
+        ...(await startStateFromDisk(dir, this.bootstrap)),
       },
     );
     this.fs = fs;
@@ -220,6 +214,10 @@ export class SimNode {
           });
           return Promise.resolve();
         },
+        saveCommittedMembership: (index, voters, learners) => {
+          host.noteActivity();
+          return dir.saveCommittedMembership(index, voters, learners);
+        },
       },
       transport: {
         send: (messages) => {
@@ -269,11 +267,3 @@ async function readWholeLog(log: SegmentedLog): Promise<LogEntry[]> {
   return entries;
 }
 
-/** The bootstrap configuration (committed by definition), then every MEMBERSHIP entry in the log. */
-function membershipHistory(bootstrap: MembershipConfig, entries: readonly LogEntry[]): MembershipAt[] {
-  const history: MembershipAt[] = [{ index: 0 as LogIndex, config: bootstrap }];
-  for (const entry of entries) {
-    if (entry.kind === RecordKind.MEMBERSHIP) history.push({ index: entry.index, config: decodeConfig(entry.payload) });
-  }
-  return history;
-}
