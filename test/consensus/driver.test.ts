@@ -24,6 +24,14 @@ interface Node {
   failures: unknown[];
 }
 
+function coreConfig(id: number): RaftConfig {
+  return {
+    id: n(id), electionTicks: 10, heartbeatTicks: 1, preVote: true, checkQuorum: true, entriesPerRpcMax: 100,
+    appendRpcBytesMax: APPEND_RPC_BYTES_MAX, inflightMessagesMax: INFLIGHT_MESSAGES_MAX, inflightBytesMax: INFLIGHT_BYTES_MAX,
+    prng: new Xoshiro128StarStar(id),
+  };
+}
+
 /** A deferred gate: calls wait until `open()` is called. */
 function gate(): { wait: Promise<void>; open: () => void } {
   let open!: () => void;
@@ -38,13 +46,8 @@ async function startNode(
   wrap: { log?: (l: LogStoragePort) => LogStoragePort; hard?: (h: HardStatePort) => HardStatePort } = {},
 ): Promise<Node> {
   const dir = await DataDir.open({ path: `/n${id}`, fs, nodeId: id, clusterId: CLUSTER });
-  const config: RaftConfig = {
-    id: n(id), electionTicks: 10, heartbeatTicks: 1, preVote: true, checkQuorum: true, entriesPerRpcMax: 100,
-    appendRpcBytesMax: APPEND_RPC_BYTES_MAX, inflightMessagesMax: INFLIGHT_MESSAGES_MAX, inflightBytesMax: INFLIGHT_BYTES_MAX,
-    prng: new Xoshiro128StarStar(id),
-  };
   const log = dir.log;
-  const core = new RaftCore(config, {
+  const core = new RaftCore(coreConfig(id), {
     hardState: { term: dir.meta.term as Term, vote: dir.meta.vote as NodeId, commit: 0 as LogIndex },
     log: { baseIndex: (log.firstIndex - 1) as LogIndex, baseTerm: 0 as Term, lastIndex: log.lastIndex, termRuns: log.termRuns() },
     membership: [{ index: 0 as LogIndex, config: { voters: voters.map(n), learners: [] } }],
@@ -215,14 +218,7 @@ describe("restart from disk", () => {
     const start = await startStateFromDisk(dir, { voters: [n(1)], learners: [] });
     expect(start.membership.length).toBeLessThanOrEqual(2);
     expect(start.hardState.commit).toBe(dir.meta.membership!.index);
-    const core = new RaftCore(
-      {
-        id: n(1), electionTicks: 10, heartbeatTicks: 1, preVote: true, checkQuorum: true, entriesPerRpcMax: 100,
-        appendRpcBytesMax: APPEND_RPC_BYTES_MAX, inflightMessagesMax: INFLIGHT_MESSAGES_MAX, inflightBytesMax: INFLIGHT_BYTES_MAX,
-        prng: new Xoshiro128StarStar(1),
-      },
-      start,
-    );
+    const core = new RaftCore(coreConfig(1), start);
     expect(core.currentConfig()).toEqual({ voters: [1], learners: [] });
   });
 });
