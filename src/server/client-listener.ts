@@ -18,6 +18,7 @@ import * as http from "node:http";
 import * as net from "node:net";
 import * as tls from "node:tls";
 import { Duplex } from "node:stream";
+import { commonName } from "./identity.js";
 
 const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 /** Bytes a plaintext connection may send before we decide its protocol (the HTTP/2 preface is 24). */
@@ -204,8 +205,7 @@ export class ClientListener {
   private onSecure(secure: tls.TLSSocket, options: ClientTls): void {
     secure.setTimeout(0);
     const cert = secure.authorized ? secure.getPeerCertificate() : undefined;
-    const cn = cert?.subject?.CN;
-    const identity = typeof cn === "string" ? cn : Array.isArray(cn) ? cn[0] : undefined;
+    const identity = commonName(cert);
     const key = peerKey(secure.remoteAddress, secure.remotePort);
     if (secure.alpnProtocol === "h2") {
       if (identity === undefined && options.requireClientCert) {

@@ -87,7 +87,7 @@ export class VerityNode {
     // Callbacks below reach the node once it exists (messages or requests arriving before are dropped).
     const ref: { node?: VerityNode } = {};
     const transport = new PeerTransport({
-      nodeId, clusterId: dir.meta.clusterId, listen: clusterAddress, peers, tls,
+      nodeId, clusterId: dir.meta.clusterId, listen: clusterAddress, peers, tls, nodeIdentities: settings.security.nodes,
       onMessages: (messages) => ref.node?.receive(messages),
       logger: forTarget(root, "verity_cluster"),
     });

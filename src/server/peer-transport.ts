@@ -15,6 +15,8 @@
  */
 
 import * as grpc from "@grpc/grpc-js";
+import { checkServerIdentity, type PeerCertificate } from "node:tls";
+import { commonName } from "./identity.js";
 import type { Message } from "../consensus/types.js";
 import type { TransportPort } from "../consensus/driver.js";
 import type { NodeId } from "../log/types.js";
@@ -93,6 +95,12 @@ export interface PeerTransportOptions {
   peers: readonly string[];
   /** Mutual TLS for both directions; plaintext when absent (loopback only, checked by settings). */
   tls?: { cert: Buffer; key: Buffer; ca: Buffer };
+  /**
+   * With TLS: the certificate identities (subject CN) with the node role (`[security] nodes`).
+   * Only they may call this node's cluster port, and only they are accepted as the server end
+   * of a link this node dials.
+   */
+  nodeIdentities?: readonly string[];
   /** Called with the messages of each valid batch addressed to this node. */
   onMessages: (messages: Message[]) => void;
   logger?: TransportLogger;
@@ -105,6 +113,8 @@ export interface PeerTransportStats {
   droppedNoLink: number;
   droppedBackpressure: number;
   rejectedBatches: number;
+  /** Calls refused because the caller's certificate identity has no node role. */
+  authFailures: number;
 }
 
 class PeerLink {
@@ -179,7 +189,7 @@ class PeerLink {
 export class PeerTransport implements TransportPort {
   readonly nodeId: NodeId;
   readonly clusterId: string;
-  readonly stats: PeerTransportStats = { sent: 0, delivered: 0, droppedNoLink: 0, droppedBackpressure: 0, rejectedBatches: 0 };
+  readonly stats: PeerTransportStats = { sent: 0, delivered: 0, droppedNoLink: 0, droppedBackpressure: 0, rejectedBatches: 0, authFailures: 0 };
   private readonly server = new grpc.Server();
   private readonly links = new Map<string, PeerLink>();
   private readonly byId = new Map<NodeId, PeerLink>();
@@ -202,7 +212,7 @@ export class PeerTransport implements TransportPort {
 
   async start(): Promise<void> {
     this.server.addService(PEER_SERVICE, {
-      hello: (call: grpc.ServerUnaryCall<Hello, Hello>, cb: grpc.sendUnaryData<Partial<Hello>>) => this.onHello(call.request, cb),
+      hello: (call: grpc.ServerUnaryCall<Hello, Hello>, cb: grpc.sendUnaryData<Partial<Hello>>) => this.onHello(call, cb),
       raft: (call: grpc.ServerReadableStream<DecodeResult, unknown>, cb: grpc.sendUnaryData<unknown>) => this.onRaft(call, cb),
     });
     const port = await new Promise<number>((resolve, reject) =>
@@ -275,7 +285,32 @@ export class PeerTransport implements TransportPort {
 
   channelCredentials(): grpc.ChannelCredentials {
     const tls = this.options.tls;
-    return tls === undefined ? grpc.credentials.createInsecure() : grpc.credentials.createSsl(tls.ca, tls.key, tls.cert);
+    if (tls === undefined) return grpc.credentials.createInsecure();
+    return grpc.credentials.createSsl(tls.ca, tls.key, tls.cert, {
+      // The server end of a link must be a node too, not merely hold a certificate from the CA.
+      checkServerIdentity: (host, cert) => {
+        const hostError = checkServerIdentity(host, cert);
+        if (hostError !== undefined) return hostError;
+        const identity = commonName(cert);
+        if (identity !== undefined && this.isNode(identity)) return undefined;
+        return new Error(`the peer at ${host} presents certificate identity "${identity ?? "(none)"}", which is not in [security] nodes`);
+      },
+    });
+  }
+
+  private isNode(identity: string): boolean {
+    return (this.options.nodeIdentities ?? []).includes(identity);
+  }
+
+  /** With TLS, the caller's certificate identity must have the node role; answers and counts a refusal. */
+  private refuseUnlessNode(call: { getAuthContext(): { sslPeerCertificate?: PeerCertificate } }): string | undefined {
+    if (this.options.tls === undefined) return undefined;
+    const identity = commonName(call.getAuthContext().sslPeerCertificate);
+    if (identity !== undefined && this.isNode(identity)) return undefined;
+    this.stats.authFailures++;
+    const why = `certificate identity "${identity ?? "(none)"}" has no node role: only identities in [security] nodes may use the cluster port`;
+    this.log("warn", { identity: identity ?? null }, "refused a peer call: " + why);
+    return why;
   }
 
   private serverCredentials(): grpc.ServerCredentials {
@@ -287,7 +322,13 @@ export class PeerTransport implements TransportPort {
 
   // ---- handlers ----
 
-  private onHello(req: Hello, cb: grpc.sendUnaryData<Partial<Hello>>): void {
+  private onHello(call: grpc.ServerUnaryCall<Hello, Hello>, cb: grpc.sendUnaryData<Partial<Hello>>): void {
+    const refused = this.refuseUnlessNode(call);
+    if (refused !== undefined) {
+      cb({ code: grpc.status.PERMISSION_DENIED, details: refused });
+      return;
+    }
+    const req = call.request;
     if (req.clusterId !== this.clusterId) {
       cb({ code: grpc.status.FAILED_PRECONDITION, details: `this node is in cluster ${this.clusterId}, not ${req.clusterId}: check --cluster-peers` });
       return;
@@ -298,6 +339,11 @@ export class PeerTransport implements TransportPort {
   }
 
   private onRaft(call: grpc.ServerReadableStream<DecodeResult, unknown>, cb: grpc.sendUnaryData<unknown>): void {
+    const refused = this.refuseUnlessNode(call);
+    if (refused !== undefined) {
+      cb({ code: grpc.status.PERMISSION_DENIED, details: refused });
+      return;
+    }
     call.on("data", (batch: DecodeResult) => {
       if (!batch.ok) {
         this.stats.rejectedBatches++;
@@ -313,3 +359,4 @@ export class PeerTransport implements TransportPort {
     call.on("error", () => {});
   }
 }
+

@@ -482,6 +482,13 @@ function checkAddresses(v: Partial<Values>, failed: ReadonlySet<SettingName>, sh
       problems.push(`${show("clusterPeers")} lists this node's own ${show("clusterAddress")}: list only the other nodes`);
     }
   }
+  // With TLS the cluster port admits only the node role; a cluster with no node identities could never form.
+  if (v.tlsCert !== undefined && (v.clusterPeers?.length ?? 0) > 0 && (v.nodes?.length ?? 0) === 0) {
+    problems.push(
+      `security.nodes is empty, but TLS is on and ${show("clusterPeers")} lists peers: list the certificate identities (subject CN) ` +
+        "of the cluster's nodes, e.g. nodes = [\"node-1\", \"node-2\", \"node-3\"]; only they may use the cluster port",
+    );
+  }
   return problems;
 }
 

@@ -46,7 +46,10 @@ function start(node: Node, all: Node[]): void {
     "--node-id", String(node.id), "--data-dir", join(tmp.path, `node${node.id}`),
     "--bind", `127.0.0.1:${node.client}`, "--cluster-address", `127.0.0.1:${node.cluster}`, "--cluster-peers", peers], {
     stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, VERITY_SECURITY_TLS_CERT: cert.cert, VERITY_SECURITY_TLS_KEY: cert.key, VERITY_SECURITY_TLS_CA: ca.cert },
+    env: {
+      ...process.env, VERITY_SECURITY_TLS_CERT: cert.cert, VERITY_SECURITY_TLS_KEY: cert.key, VERITY_SECURITY_TLS_CA: ca.cert,
+      VERITY_SECURITY_NODES: all.map((n) => `node-${n.id}`).join(","),
+    },
   });
   node.output = "";
   child.stdout!.on("data", (d: Buffer) => (node.output += d.toString()));

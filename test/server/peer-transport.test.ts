@@ -35,10 +35,16 @@ function tlsFor(issuer: TestCa, identity: string) {
   return { cert: readFileSync(files.cert), key: readFileSync(files.key), ca: issuer.pem() };
 }
 
-async function transport(id: number, peers: string[], onMessages: (m: Message[]) => void, options: { issuer?: TestCa; cluster?: string } = {}) {
+/** The identities with the node role in these tests. */
+const NODES = ["node-1", "node-2", "node-3", "node-5", "node-6", "node-7"];
+
+async function transport(
+  id: number, peers: string[], onMessages: (m: Message[]) => void,
+  options: { issuer?: TestCa; cluster?: string; identity?: string } = {},
+) {
   const t = new PeerTransport({
     nodeId: id as NodeId, clusterId: options.cluster ?? CLUSTER, listen: "127.0.0.1:0", peers,
-    tls: tlsFor(options.issuer ?? ca, `node-${id}-${open.length}`), onMessages,
+    tls: tlsFor(options.issuer ?? ca, options.identity ?? `node-${id}`), nodeIdentities: NODES, onMessages,
   });
   await t.start();
   open.push(t);
@@ -86,6 +92,20 @@ describe("PeerTransport", () => {
     stranger.send([timeoutNow(6, 5)]);
     foreign.send([timeoutNow(7, 5)]);
     await new Promise((r) => setTimeout(r, 200));
+    expect(got).toEqual([]);
+  });
+});
+
+describe("the node role", () => {
+  it("refuses a certificate from the right CA whose identity is not in [security] nodes, and counts it", async () => {
+    const got: Message[] = [];
+    const target = await transport(1, [], (m) => got.push(...m));
+    const intruder = await transport(8, [target.address], () => {}, { identity: "intruder" });
+    await until("a refused call", () => target.stats.authFailures > 0);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(intruder.connectedPeers()).toEqual([]);
+    intruder.send([timeoutNow(8, 1)]);
+    await new Promise((r) => setTimeout(r, 100));
     expect(got).toEqual([]);
   });
 });

@@ -387,6 +387,14 @@ describe("rules between keys", () => {
     oneProblem({ flags: { "metrics-address": "127.0.0.1:7000" } }, /server.bind_address = 127.0.0.1:7000 \(the default\) and telemetry.metrics_address = 127.0.0.1:7000 \(from --metrics-address\) use the same port/);
   });
 
+  it("with TLS and peers, security.nodes must name the node identities", () => {
+    const tls = tlsFiles();
+    const env = { VERITY_SECURITY_TLS_CERT: tls.cert, VERITY_SECURITY_TLS_KEY: tls.key, VERITY_SECURITY_TLS_CA: tls.ca };
+    oneProblem({ env, flags: { "cluster-peers": "node2:7001" } }, /security.nodes is empty, but TLS is on and cluster_peers .* lists peers/);
+    expect(ok({ env: { ...env, VERITY_SECURITY_NODES: "node-1,node-2" }, flags: { "cluster-peers": "node2:7001" } }).security.nodes).toEqual(["node-1", "node-2"]);
+    expect(ok({ env }).security.nodes).toEqual([]); // a single node needs no node identities
+  });
+
   it("cluster_peers must not list this node", () => {
     oneProblem({ flags: { "cluster-peers": "127.0.0.1:7001,node2:7001" } }, /cluster_peers = \["127.0.0.1:7001","node2:7001"\] \(from --cluster-peers\) lists this node's own server.cluster_address = 127.0.0.1:7001 \(the default\)/);
     expect(ok({ flags: { "cluster-peers": "node2:7001,node3:7001" } }).clusterPeers).toHaveLength(2);
