@@ -49,6 +49,8 @@ export interface ClientListenerOptions {
   grpcServer: grpc.Server;
   /** Serves HTTP/1.1 requests; called only for paths the caller may reach (see `isOpenPath`). */
   http: (req: http.IncomingMessage, res: http.ServerResponse, caller: HttpCaller) => void;
+  /** Called for every connection or request refused for want of a valid client certificate. */
+  onAuthFailure?: () => void;
 }
 
 /** Paths served without a client certificate. */
@@ -209,6 +211,7 @@ export class ClientListener {
     const key = peerKey(secure.remoteAddress, secure.remotePort);
     if (secure.alpnProtocol === "h2") {
       if (identity === undefined && options.requireClientCert) {
+        this.options.onAuthFailure?.();
         secure.destroy(); // no valid client certificate: never reaches a gRPC handler
         return;
       }
@@ -225,6 +228,7 @@ export class ClientListener {
     const socket = req.socket as net.Socket & { verityIdentity?: string; encrypted?: boolean };
     const identity = this.options.tls === undefined ? "" : socket.verityIdentity;
     if (identity === undefined && !isOpenPath(req.url)) {
+      this.options.onAuthFailure?.();
       res.writeHead(401, { "content-type": "application/json" });
       res.end(JSON.stringify({ error: `${req.url ?? "this path"} needs a client certificate signed by the cluster CA; only /health/live and /health/ready are open` }) + "\n");
       return;

@@ -30,6 +30,8 @@ import { FailedPreconditionError } from "../errors.js";
 import type { NodeId } from "../log/types.js";
 import { INFLIGHT_BYTES_MAX, INFLIGHT_MESSAGES_MAX, APPEND_RPC_BYTES_MAX } from "../limits.js";
 import { ClientListener } from "./client-listener.js";
+import { MetricsServer, NodeMetrics } from "./metrics.js";
+import type { LogStoragePort } from "../consensus/driver.js";
 import { PeerTransport } from "./peer-transport.js";
 import { formatHostPort } from "./setting-values.js";
 import type { Settings } from "./settings.js";
@@ -60,6 +62,7 @@ export class VerityNode {
   private ticker: NodeJS.Timeout | undefined;
   private applied = 0;
   private readonly lastSeen = new Map<number, number>();
+  private peerAuthFailuresCounted = 0;
 
   private constructor(
     private readonly settings: Settings,
@@ -69,6 +72,8 @@ export class VerityNode {
     readonly transport: PeerTransport,
     private driver: RaftDriver | undefined,
     readonly listener: ClientListener,
+    readonly metrics: NodeMetrics,
+    readonly metricsServer: MetricsServer,
   ) {}
 
   /** The cluster id a node opening its data directory must find (undefined: any, for a single node). */
@@ -92,8 +97,10 @@ export class VerityNode {
       logger: forTarget(root, "verity_cluster"),
     });
     await transport.start();
+    const metrics = new NodeMetrics();
     const grpcServer = new grpc.Server();
     const listener = new ClientListener({
+      onAuthFailure: () => metrics.authFailures.inc({ port: "client" }),
       listen: formatHostPort(settings.server.bindAddress),
       tls: tls === undefined ? undefined : { ...tls, requireClientCert: settings.security.requireClientCert },
       grpcServer,
@@ -106,10 +113,15 @@ export class VerityNode {
       },
     });
     await listener.start();
-    const node = new VerityNode(settings, logger, forTarget(root, "verity_consensus"), dir, transport, undefined, listener);
+    const metricsServer = new MetricsServer(metrics, formatHostPort(settings.telemetry.metricsAddress), () => ref.node?.refreshGauges());
+    await metricsServer.start();
+    const node = new VerityNode(settings, logger, forTarget(root, "verity_consensus"), dir, transport, undefined, listener, metrics, metricsServer);
     ref.node = node;
     logger.info(
-      { node_id: nodeId, cluster_id: dir.meta.clusterId, client_address: listener.address, cluster_address: transport.address, peers },
+      {
+        node_id: nodeId, cluster_id: dir.meta.clusterId, client_address: listener.address, cluster_address: transport.address,
+        metrics_address: metricsServer.address, peers,
+      },
       "listening",
     );
     const bootstrap = await node.bootstrapConfig(peers.length);
@@ -155,13 +167,25 @@ export class VerityNode {
       },
       await startStateFromDisk(this.dir, bootstrap),
     );
+    const m = this.metrics;
     this.driver = new RaftDriver(core, {
-      log: this.dir.log,
+      log: measuredLog(this.dir.log, m),
       hardState: this.dir,
       transport: this.transport,
-      stateMachine: { apply: (entries) => void (this.applied = entries[entries.length - 1]!.index) },
+      stateMachine: {
+        apply: (entries) => {
+          this.applied = entries[entries.length - 1]!.index;
+          m.commits.inc(entries.length);
+          m.appliedPosition.set(this.applied);
+        },
+      },
       observer: {
-        onSoftState: (s) => this.consensusLogger.info({ state: ROLE_NAMES[s.role], leader: s.leader, view: core.hardState().term }, "role changed"),
+        onSoftState: (s) => {
+          m.leader.set(s.leader);
+          if (s.role === Role.CANDIDATE) m.elections.inc();
+          this.consensusLogger.info({ state: ROLE_NAMES[s.role], leader: s.leader, view: core.hardState().term }, "role changed");
+        },
+        onHardState: (h) => m.view.set(h.term),
         onFailure: (e) => this.logger.error({ error: e instanceof Error ? e.message : String(e) }, "consensus stopped: a disk or port failed; restart the node"),
       },
     });
@@ -174,6 +198,21 @@ export class VerityNode {
       this.lastSeen.set(m.from, now);
       this.driver?.step(m);
     }
+  }
+
+  /** Brings the gauges that are cheaper to read than to track up to date (called before a scrape). */
+  refreshGauges(): void {
+    const s = this.driver?.raft.status();
+    if (s === undefined) return;
+    this.metrics.view.set(s.term);
+    this.metrics.leader.set(s.leader);
+    this.metrics.followerLag.reset();
+    if (s.role === Role.LEADER) {
+      for (const p of s.progress) if (p.id !== s.id) this.metrics.followerLag.set({ peer: String(p.id) }, Math.max(0, s.lastIndex - p.match));
+    }
+    const failures = this.transport.stats.authFailures;
+    this.metrics.authFailures.inc({ port: "cluster" }, failures - this.peerAuthFailuresCounted);
+    this.peerAuthFailuresCounted = failures;
   }
 
   /** The guide's /status JSON. */
@@ -240,6 +279,7 @@ export class VerityNode {
     clearInterval(this.ticker);
     await d?.stop();
     await this.listener.stop();
+    await this.metricsServer.stop();
     await this.transport.stop();
     await this.dir.close();
   }
@@ -255,4 +295,26 @@ function loadTls(settings: Settings): { cert: Buffer; key: Buffer; ca: Buffer } 
     );
   }
   return { cert: readFileSync(s.tlsCert), key: readFileSync(s.tlsKey), ca: readFileSync(s.tlsCa) };
+}
+
+/** The log as the driver sees it, counting entries, bytes and append latency. */
+function measuredLog(log: LogStoragePort, m: NodeMetrics): LogStoragePort {
+  return {
+    get firstIndex() {
+      return log.firstIndex;
+    },
+    get lastIndex() {
+      return log.lastIndex;
+    },
+    termRuns: () => log.termRuns(),
+    read: (from, to, maxBytes) => log.read(from, to, maxBytes),
+    truncateSuffix: (from, committed) => log.truncateSuffix(from, committed),
+    append: async (entries) => {
+      const started = performance.now();
+      await log.append(entries);
+      m.logAppendSeconds.observe((performance.now() - started) / 1000);
+      m.logEntries.inc(entries.length);
+      m.logBytes.inc(entries.reduce((n, e) => n + e.payload.length, 0));
+    },
+  };
 }

@@ -13,8 +13,10 @@ import { appendMany, tempDir } from "../helpers/log-fixtures.js";
 const root = join(import.meta.dirname, "..", "..");
 const bin = (name: string) => join(root, "bin", `${name}.js`);
 
-/** Servers started by tests listen on ports the system picks, never the defaults 7000/7001. */
-const SERVER_ENV = { ...process.env, VERITY_BIND_ADDRESS: "127.0.0.1:0", VERITY_SERVER_CLUSTER_ADDRESS: "127.0.0.1:0" };
+/** Servers started by tests listen on ports the system picks, never the defaults 7000/7001/9090. */
+const SERVER_ENV = {
+  ...process.env, VERITY_BIND_ADDRESS: "127.0.0.1:0", VERITY_SERVER_CLUSTER_ADDRESS: "127.0.0.1:0", VERITY_TELEMETRY_METRICS_ADDRESS: "127.0.0.1:0",
+};
 
 function runCli(name: string, args: string[]): { code: number; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, [bin(name), ...args], { encoding: "utf8", timeout: 60_000, env: SERVER_ENV });

@@ -141,7 +141,7 @@ describe("verity-server startup log line", () => {
       stdio: ["ignore", "pipe", "pipe"],
       cwd: tmp.path,
       env: cleanEnv({
-        VERITY_DATA_DIR: dataDir, VERITY_BIND_ADDRESS: "127.0.0.2:0", VERITY_SERVER_CLUSTER_ADDRESS: "127.0.0.1:0", VERITY_STORAGE_SEGMENT_SIZE: "2MB",
+        VERITY_DATA_DIR: dataDir, VERITY_BIND_ADDRESS: "127.0.0.2:0", VERITY_SERVER_CLUSTER_ADDRESS: "127.0.0.1:0", VERITY_TELEMETRY_METRICS_ADDRESS: "127.0.0.1:0", VERITY_STORAGE_SEGMENT_SIZE: "2MB",
         VERITY_LOG_LEVEL: "error", VERITY_NODE_ID: "5", VERITY_STORAGE_SYNC_MODE: "async",
       }),
     });
@@ -173,6 +173,7 @@ describe("verity-server startup log line", () => {
     expect(line.fields.settings_from).toEqual({
       "server.bind_address": "env VERITY_BIND_ADDRESS",
       "server.cluster_address": "env VERITY_SERVER_CLUSTER_ADDRESS",
+      "telemetry.metrics_address": "env VERITY_TELEMETRY_METRICS_ADDRESS",
       "server.node_id": "env VERITY_NODE_ID",
       "storage.data_dir": "env VERITY_DATA_DIR",
       "storage.segment_size": "env VERITY_STORAGE_SEGMENT_SIZE",

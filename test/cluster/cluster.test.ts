@@ -35,6 +35,7 @@ interface Node {
   id: number;
   client: number;
   cluster: number;
+  metrics: number;
   process?: ChildProcess;
   output: string;
 }
@@ -44,7 +45,8 @@ function start(node: Node, all: Node[]): void {
   const peers = all.filter((n) => n !== node).map((n) => `127.0.0.1:${n.cluster}`).join(",");
   const child = spawn(process.execPath, [join(root, "bin", "verity-server.js"),
     "--node-id", String(node.id), "--data-dir", join(tmp.path, `node${node.id}`),
-    "--bind", `127.0.0.1:${node.client}`, "--cluster-address", `127.0.0.1:${node.cluster}`, "--cluster-peers", peers], {
+    "--bind", `127.0.0.1:${node.client}`, "--cluster-address", `127.0.0.1:${node.cluster}`, "--cluster-peers", peers,
+    "--metrics-address", `127.0.0.1:${node.metrics}`], {
     stdio: ["ignore", "pipe", "pipe"],
     env: {
       ...process.env, VERITY_SECURITY_TLS_CERT: cert.cert, VERITY_SECURITY_TLS_KEY: cert.key, VERITY_SECURITY_TLS_CA: ca.cert,
@@ -101,12 +103,20 @@ function exited(child: ChildProcess): Promise<number | null> {
 describe("a 3-node cluster of real processes with mutual TLS", () => {
   it("elects a leader, survives kill -9 of the leader, takes it back, and hands over on SIGTERM", async () => {
     const nodes: Node[] = [];
-    for (const id of [1, 2, 3]) nodes.push({ id, client: await freePort(), cluster: await freePort(), output: "" });
+    for (const id of [1, 2, 3]) nodes.push({ id, client: await freePort(), cluster: await freePort(), metrics: await freePort(), output: "" });
     for (const n of nodes) start(n, nodes);
     const first = await until("a leader", () => leaderOf(nodes));
     const s = (await status(first.leader))!;
     expect(s).toMatchObject({ state: "leader", node_id: first.leader.id });
     expect((s.cluster as { peers: unknown[] }).peers).toHaveLength(2);
+    // The guide's metrics, from the leader's metrics port.
+    const scrape = await (await fetch(`http://127.0.0.1:${first.leader.metrics}/metrics`)).text();
+    expect(scrape).toMatch(new RegExp(`^verity_consensus_view ${first.view}$`, "m"));
+    expect(scrape).toMatch(new RegExp(`^verity_consensus_leader ${first.leader.id}$`, "m"));
+    expect(scrape).toMatch(/^verity_log_entries_total [1-9]/m);
+    expect(scrape).toMatch(/^verity_consensus_commits_total [1-9]/m);
+    expect(scrape).toMatch(/^verity_projection_applied_position [1-9]/m);
+    expect(scrape).toMatch(/^verity_consensus_follower_lag_entries\{peer="\d"\} \d+$/m);
 
     // kill -9 the leader: the other two elect a new one within a few seconds.
     const killedAt = Date.now();

@@ -1,0 +1,85 @@
+/**
+ * Prometheus metrics (prom-client) with the operations guide's names, served as GET /metrics on
+ * `telemetry.metrics_address`. Each metric is registered when the part of the node that feeds it
+ * exists; the guide's query, write and tenant metrics join with those features.
+ */
+
+import * as http from "node:http";
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+
+export class NodeMetrics {
+  readonly registry = new Registry();
+  readonly logEntries = new Counter({ name: "verity_log_entries_total", help: "Log entries written to this node's log", registers: [this.registry] });
+  readonly logBytes = new Counter({ name: "verity_log_bytes_total", help: "Payload bytes written to this node's log", registers: [this.registry] });
+  readonly logAppendSeconds = new Histogram({
+    name: "verity_log_append_duration_seconds",
+    help: "Time from handing entries to the log until they were durable (fsync latency included)",
+    buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+    registers: [this.registry],
+  });
+  readonly commits = new Counter({ name: "verity_consensus_commits_total", help: "Committed entries applied on this node", registers: [this.registry] });
+  readonly view = new Gauge({ name: "verity_consensus_view", help: "Current consensus view (Raft term)", registers: [this.registry] });
+  readonly leader = new Gauge({ name: "verity_consensus_leader", help: "Node id of the current leader (0: none known)", registers: [this.registry] });
+  readonly elections = new Counter({ name: "verity_consensus_elections_total", help: "Elections this node started (became candidate)", registers: [this.registry] });
+  readonly followerLag = new Gauge({
+    name: "verity_consensus_follower_lag_entries",
+    help: "On the leader: entries each member's log trails the leader's last index",
+    labelNames: ["peer"],
+    registers: [this.registry],
+  });
+  readonly appliedPosition = new Gauge({ name: "verity_projection_applied_position", help: "Last log position applied on this node", registers: [this.registry] });
+  readonly authFailures = new Counter({
+    name: "verity_auth_failures_total",
+    help: "Calls refused for a missing, foreign or role-less certificate identity",
+    labelNames: ["port"],
+    registers: [this.registry],
+  });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: "verity_process_" });
+  }
+}
+
+/** Serves GET /metrics on its own port (plain HTTP; the settings keep it on loopback unless TLS or --insecure). */
+export class MetricsServer {
+  private readonly server: http.Server;
+  private boundAddress = "";
+
+  constructor(
+    private readonly metrics: NodeMetrics,
+    private readonly listen: string,
+    private readonly beforeScrape: () => void,
+  ) {
+    this.server = http.createServer((req, res) => void this.handle(req, res));
+  }
+
+  get address(): string {
+    return this.boundAddress;
+  }
+
+  async start(): Promise<void> {
+    const sep = this.listen.lastIndexOf(":");
+    const host = this.listen.slice(0, sep).replace(/^\[|\]$/g, "");
+    await new Promise<void>((resolve, reject) => {
+      this.server.once("error", reject);
+      this.server.listen(Number(this.listen.slice(sep + 1)), host, () => resolve());
+    });
+    const a = this.server.address() as import("node:net").AddressInfo;
+    this.boundAddress = `${a.family === "IPv6" ? `[${a.address}]` : a.address}:${a.port}`;
+  }
+
+  async stop(): Promise<void> {
+    this.server.closeAllConnections();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    if (req.method !== "GET" || (req.url ?? "").split("?")[0] !== "/metrics") {
+      res.writeHead(404, { "content-type": "text/plain" }).end("only GET /metrics is served on this port\n");
+      return;
+    }
+    this.beforeScrape();
+    res.writeHead(200, { "content-type": this.metrics.registry.contentType });
+    res.end(await this.metrics.registry.metrics());
+  }
+}
