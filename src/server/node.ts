@@ -31,6 +31,9 @@ import type { NodeId } from "../log/types.js";
 import { INFLIGHT_BYTES_MAX, INFLIGHT_MESSAGES_MAX, APPEND_RPC_BYTES_MAX } from "../limits.js";
 import { ClientListener } from "./client-listener.js";
 import { MetricsServer, NodeMetrics } from "./metrics.js";
+import { ADMIN_SERVICE, AdminError, adminHandlers, type AdminTarget } from "./admin-service.js";
+import { HealthImplementation } from "grpc-health-check";
+import type { MembershipChange } from "../consensus/types.js";
 import type { LogStoragePort } from "../consensus/driver.js";
 import { PeerTransport } from "./peer-transport.js";
 import { formatHostPort } from "./setting-values.js";
@@ -43,6 +46,8 @@ export const TICK_MS = 10;
 export const BOOTSTRAP_WAIT_LOG_MS = 5_000;
 /** How long a stopping leader waits for leadership to move before it stops anyway. */
 export const TRANSFER_WAIT_MS = 3_000;
+/** How long an admin membership change waits for the new node's Hello and for its entry to commit. */
+export const MEMBERSHIP_WAIT_MS = 10_000;
 
 /** The cluster id every first member derives from the same settings. */
 export function derivedClusterId(clusterName: string, addresses: readonly string[]): string {
@@ -58,7 +63,7 @@ const ROLE_NAMES: Record<Role, string> = {
   [Role.PRE_CANDIDATE]: "candidate",
 };
 
-export class VerityNode {
+export class VerityNode implements AdminTarget {
   private ticker: NodeJS.Timeout | undefined;
   private applied = 0;
   private readonly lastSeen = new Map<number, number>();
@@ -74,6 +79,8 @@ export class VerityNode {
     readonly listener: ClientListener,
     readonly metrics: NodeMetrics,
     readonly metricsServer: MetricsServer,
+    private readonly health: HealthImplementation,
+    readonly tlsEnabled: boolean,
   ) {}
 
   /** The cluster id a node opening its data directory must find (undefined: any, for a single node). */
@@ -99,6 +106,10 @@ export class VerityNode {
     await transport.start();
     const metrics = new NodeMetrics();
     const grpcServer = new grpc.Server();
+    // Services are registered before any connection arrives; they reach the node once it exists.
+    const health = new HealthImplementation({ "": "NOT_SERVING" });
+    health.addToServer(grpcServer);
+    grpcServer.addService(ADMIN_SERVICE, adminHandlers(lateAdminTarget(() => ref.node), () => metrics.authFailures.inc({ port: "client" })));
     const listener = new ClientListener({
       onAuthFailure: () => metrics.authFailures.inc({ port: "client" }),
       listen: formatHostPort(settings.server.bindAddress),
@@ -115,7 +126,7 @@ export class VerityNode {
     await listener.start();
     const metricsServer = new MetricsServer(metrics, formatHostPort(settings.telemetry.metricsAddress), () => ref.node?.refreshGauges());
     await metricsServer.start();
-    const node = new VerityNode(settings, logger, forTarget(root, "verity_consensus"), dir, transport, undefined, listener, metrics, metricsServer);
+    const node = new VerityNode(settings, logger, forTarget(root, "verity_consensus"), dir, transport, undefined, listener, metrics, metricsServer, health, tls !== undefined);
     ref.node = node;
     logger.info(
       {
@@ -189,7 +200,16 @@ export class VerityNode {
         onFailure: (e) => this.logger.error({ error: e instanceof Error ? e.message : String(e) }, "consensus stopped: a disk or port failed; restart the node"),
       },
     });
-    this.ticker = setInterval(() => this.driver?.tick(), TICK_MS);
+    let ticks = 0;
+    let serving = false;
+    this.ticker = setInterval(() => {
+      this.driver?.tick();
+      // grpc.health.v1 follows /health/ready, checked every 10 ticks.
+      if (++ticks % 10 === 0 && this.ready() !== serving) {
+        serving = !serving;
+        this.health.setStatus("", serving ? "SERVING" : "NOT_SERVING");
+      }
+    }, TICK_MS);
   }
 
   private receive(messages: readonly import("../consensus/types.js").Message[]): void {
@@ -213,6 +233,111 @@ export class VerityNode {
     const failures = this.transport.stats.authFailures;
     this.metrics.authFailures.inc({ port: "cluster" }, failures - this.peerAuthFailuresCounted);
     this.peerAuthFailuresCounted = failures;
+  }
+
+  // ---------------------------------------------------------------- AdminTarget
+
+  get adminIdentities(): readonly string[] {
+    return this.settings.security.admins;
+  }
+
+  identityOf(peer: string): string | undefined {
+    return this.listener.identityOf(peer);
+  }
+
+  nodeStatus(): Record<string, unknown> {
+    const s = this.driver?.raft.status();
+    const segments = this.dir.log.segments();
+    return {
+      nodeId: this.dir.meta.nodeId,
+      state: s === undefined ? "starting" : ROLE_NAMES[s.role],
+      view: s?.term ?? this.dir.meta.term,
+      commitIndex: s?.commit ?? 0,
+      appliedIndex: this.applied,
+      leaderId: s?.leader ?? 0,
+      clientAddress: this.listener.address,
+      clusterAddress: this.transport.address,
+      syncMode: this.dir.log.mode,
+      diskBytes: segments.reduce((n, seg) => n + seg.bytes, 0),
+      segments: segments.length,
+    };
+  }
+
+  clusterStatus(): Record<string, unknown> {
+    const s = this.driver?.raft.status();
+    const peers = s === undefined ? [] : [...s.config.voters, ...s.config.learners].filter((id) => id !== s.id);
+    return {
+      self: this.nodeStatus(),
+      peers: peers.map((id) => ({
+        id,
+        address: this.transport.addressOf(id) ?? "",
+        state: id === s!.leader ? "leader" : s!.config.learners.includes(id) ? "learner" : "follower",
+        voter: s!.config.voters.includes(id),
+        matchIndex: s!.progress.find((p) => p.id === id)?.match ?? 0,
+        lastSeenMs: this.lastSeen.get(id) ?? 0,
+      })),
+    };
+  }
+
+  private requireLeader(): RaftDriver {
+    const d = this.driver;
+    const s = d?.raft.status();
+    if (d === undefined || s === undefined || s.role !== Role.LEADER) {
+      const leader = s?.leader ?? 0;
+      const where = leader === 0 ? "no leader is known yet; retry shortly" : `the leader is node ${leader} (${this.transport.addressOf(leader as NodeId) ?? "address unknown"}); send this there`;
+      throw new AdminError("NOT_LEADER", `node ${this.dir.meta.nodeId} is not the leader: ${where}`);
+    }
+    return d;
+  }
+
+  async transferLeadership(to: number): Promise<number> {
+    const d = this.requireLeader();
+    const s = d.raft.status();
+    const target = to !== 0
+      ? to
+      : s.progress.filter((p) => p.id !== s.id && s.config.voters.includes(p.id)).sort((a, b) => b.match - a.match)[0]?.id;
+    if (target === undefined) throw new AdminError("FAILED_PRECONDITION", "there is no other voter to hand leadership to");
+    const accepted = d.input((core) => core.transferLeader(target as NodeId));
+    if (!accepted.ok) throw new AdminError(accepted.code, accepted.message);
+    const until = Date.now() + TRANSFER_WAIT_MS;
+    // Bounded by TRANSFER_WAIT_MS.
+    while (Date.now() < until) {
+      const now = d.raft.status();
+      if (now.role !== Role.LEADER && now.leader !== 0 && now.leader !== s.id) return now.leader;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    throw new AdminError("UNAVAILABLE", `leadership did not move to node ${target} within ${TRANSFER_WAIT_MS} ms; check that it is up and caught up`);
+  }
+
+  async changeMembership(change: MembershipChange | { type: "ADD_LEARNER_AT"; address: string }): Promise<Record<string, unknown>> {
+    const d = this.requireLeader();
+    let resolved: MembershipChange;
+    if (change.type === "ADD_LEARNER_AT") {
+      this.transport.addPeer(change.address);
+      const until = Date.now() + MEMBERSHIP_WAIT_MS;
+      let id = this.transport.peerIdAt(change.address);
+      // Bounded by MEMBERSHIP_WAIT_MS.
+      while (id === undefined && Date.now() < until) {
+        await new Promise((r) => setTimeout(r, 50));
+        id = this.transport.peerIdAt(change.address);
+      }
+      if (id === undefined) {
+        throw new AdminError("UNAVAILABLE", `no VerityDB node of this cluster answered at ${change.address} within ${MEMBERSHIP_WAIT_MS} ms: start it with --cluster-peers naming this cluster, then retry`);
+      }
+      resolved = { type: "ADD_LEARNER", node: id };
+    } else {
+      resolved = change;
+    }
+    const result = d.input((core) => core.changeMembership(resolved));
+    if (!result.ok) throw new AdminError(result.code, result.message);
+    const until = Date.now() + MEMBERSHIP_WAIT_MS;
+    // Bounded by MEMBERSHIP_WAIT_MS.
+    while (d.raft.status().commit < result.index) {
+      if (Date.now() > until) throw new AdminError("UNAVAILABLE", `the membership change at index ${result.index} did not commit within ${MEMBERSHIP_WAIT_MS} ms`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const config = d.raft.currentConfig();
+    return { index: result.index, voters: config.voters, learners: config.learners };
   }
 
   /** The guide's /status JSON. */
@@ -316,5 +441,27 @@ function measuredLog(log: LogStoragePort, m: NodeMetrics): LogStoragePort {
       m.logEntries.inc(entries.length);
       m.logBytes.inc(entries.reduce((n, e) => n + e.payload.length, 0));
     },
+  };
+}
+
+/** An AdminTarget that reaches the node once it exists (the gRPC services are registered before). */
+function lateAdminTarget(node: () => VerityNode | undefined): AdminTarget {
+  const get = (): VerityNode => {
+    const n = node();
+    if (n === undefined) throw new AdminError("UNAVAILABLE", "the node is still starting; retry shortly");
+    return n;
+  };
+  return {
+    identityOf: (peer) => node()?.identityOf(peer),
+    get adminIdentities() {
+      return node()?.adminIdentities ?? [];
+    },
+    get tlsEnabled() {
+      return node()?.tlsEnabled ?? true;
+    },
+    nodeStatus: () => get().nodeStatus(),
+    clusterStatus: () => get().clusterStatus(),
+    transferLeadership: (to) => get().transferLeadership(to),
+    changeMembership: (change) => get().changeMembership(change),
   };
 }

@@ -223,6 +223,16 @@ export class PeerTransport implements TransportPort {
     for (const address of this.options.peers) this.addPeer(address);
   }
 
+  /** The node id announced by the peer at `address`, once its Hello was answered. */
+  peerIdAt(address: string): NodeId | undefined {
+    return this.links.get(address)?.peerId;
+  }
+
+  /** The address this node dials a peer at, when it has a link to it. */
+  addressOf(id: NodeId): string | undefined {
+    return this.byId.get(id)?.address;
+  }
+
   /** Starts dialing a peer address (for members added while running). */
   addPeer(address: string): void {
     if (this.links.has(address) || address === this.boundAddress) return;

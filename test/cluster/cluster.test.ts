@@ -4,6 +4,8 @@
  * restart, SIGTERM of the leader. Every process started here is stopped by its PID.
  */
 import { spawn, type ChildProcess } from "node:child_process";
+import * as grpc from "@grpc/grpc-js";
+import { ADMIN_SERVICE } from "../../src/server/admin-service.js";
 import * as https from "node:https";
 import * as net from "node:net";
 import { readFileSync } from "node:fs";
@@ -50,7 +52,7 @@ function start(node: Node, all: Node[]): void {
     stdio: ["ignore", "pipe", "pipe"],
     env: {
       ...process.env, VERITY_SECURITY_TLS_CERT: cert.cert, VERITY_SECURITY_TLS_KEY: cert.key, VERITY_SECURITY_TLS_CA: ca.cert,
-      VERITY_SECURITY_NODES: all.map((n) => `node-${n.id}`).join(","),
+      VERITY_SECURITY_NODES: all.map((n) => `node-${n.id}`).join(","), VERITY_SECURITY_ADMINS: "admin",
     },
   });
   node.output = "";
@@ -96,6 +98,29 @@ async function leaderOf(nodes: Node[]): Promise<{ leader: Node; view: number } |
   return { leader: nodes.find((n) => n.id === id)!, view: leaders[0]!.view as number };
 }
 
+const AdminClient = grpc.makeGenericClientConstructor(ADMIN_SERVICE, "Admin");
+const HealthClient = grpc.makeGenericClientConstructor({
+  check: {
+    path: "/grpc.health.v1.Health/Check", requestStream: false, responseStream: false,
+    requestSerialize: () => Buffer.alloc(0), requestDeserialize: () => ({}),
+    // HealthCheckResponse: field 1, varint status (1 = SERVING).
+    responseSerialize: () => Buffer.alloc(0), responseDeserialize: (b: Buffer) => ({ status: b.length >= 2 ? b[1] : 0 }),
+  },
+}, "Health");
+
+/** Calls one unary method with a client certificate (the "admin" identity unless another is given). */
+function call(node: Node, ctor: grpc.ServiceClientConstructor, method: string, request: object, identity = admin): Promise<Record<string, unknown>> {
+  const creds = grpc.credentials.createSsl(ca.pem(), readFileSync(identity.key), readFileSync(identity.cert));
+  const client = new ctor(`localhost:${node.client}`, creds) as unknown as Record<string, (r: object, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r: Record<string, unknown>) => void) => void> & { close(): void };
+  return new Promise((resolve, reject) =>
+    client[method]!(request, { deadline: new Date(Date.now() + 8000) }, (e, r) => {
+      client.close();
+      if (e) reject(e);
+      else resolve(r);
+    }),
+  );
+}
+
 function exited(child: ChildProcess): Promise<number | null> {
   return child.exitCode !== null ? Promise.resolve(child.exitCode) : new Promise((r) => child.once("exit", (code) => r(code)));
 }
@@ -105,7 +130,7 @@ describe("a 3-node cluster of real processes with mutual TLS", () => {
     const nodes: Node[] = [];
     for (const id of [1, 2, 3]) nodes.push({ id, client: await freePort(), cluster: await freePort(), metrics: await freePort(), output: "" });
     for (const n of nodes) start(n, nodes);
-    const first = await until("a leader", () => leaderOf(nodes));
+    const first: { leader: Node; view: number } = await until("a leader", () => leaderOf(nodes));
     const s = (await status(first.leader))!;
     expect(s).toMatchObject({ state: "leader", node_id: first.leader.id });
     expect((s.cluster as { peers: unknown[] }).peers).toHaveLength(2);
@@ -117,6 +142,23 @@ describe("a 3-node cluster of real processes with mutual TLS", () => {
     expect(scrape).toMatch(/^verity_consensus_commits_total [1-9]/m);
     expect(scrape).toMatch(/^verity_projection_applied_position [1-9]/m);
     expect(scrape).toMatch(/^verity_consensus_follower_lag_entries\{peer="\d"\} \d+$/m);
+
+    // The admin API, with the admin identity; refused for a node identity; health says SERVING.
+    const cluster = await call(first.leader, AdminClient, "clusterStatus", {});
+    expect(cluster).toMatchObject({ self: { nodeId: first.leader.id, state: "leader" } });
+    expect((cluster.peers as unknown[]).length).toBe(2);
+    await expect(call(first.leader, AdminClient, "nodeStatus", {}, ca.issue("node-9"))).rejects.toMatchObject({
+      code: grpc.status.PERMISSION_DENIED, details: expect.stringMatching(/"node-9" has no admin role/),
+    });
+    await until("health SERVING", async () => ((await call(first.leader, HealthClient, "check", {})).status === 1 ? true : undefined));
+    const follower = nodes.find((n) => n !== first.leader)!;
+    await expect(call(follower, AdminClient, "transferLeadership", {})).rejects.toMatchObject({ code: grpc.status.UNAVAILABLE });
+    const moved = await call(first.leader, AdminClient, "transferLeadership", {});
+    expect(moved.newLeader).not.toBe(first.leader.id);
+    const afterMove = await until("the moved leadership", () => leaderOf(nodes));
+    expect(afterMove.leader.id).toBe(moved.newLeader);
+    first.leader = afterMove.leader;
+    first.view = afterMove.view;
 
     // kill -9 the leader: the other two elect a new one within a few seconds.
     const killedAt = Date.now();

@@ -1,0 +1,118 @@
+/**
+ * The Admin gRPC service (proto/verity/v1/admin.proto) on the client port: cluster and node
+ * status, membership changes and leadership transfer. With TLS, only certificate identities in
+ * `[security] admins` may call it; anyone else gets PERMISSION_DENIED naming the identity.
+ * Refusals from the core map to gRPC status through the one table in src/errors.ts.
+ */
+
+import * as grpc from "@grpc/grpc-js";
+import type protobuf from "protobufjs";
+import { grpcStatusOf, type ErrorCode } from "../errors.js";
+import type { NodeId } from "../log/types.js";
+import type { MembershipChange } from "../consensus/types.js";
+import { protoType } from "./proto.js";
+
+/** What the service needs from the node (src/server/node.ts implements it). */
+export interface AdminTarget {
+  /** The caller's certificate identity ("" in plaintext; undefined when it has none). */
+  identityOf(peer: string): string | undefined;
+  /** Identities with the admin role; consulted only when `tlsEnabled`. */
+  readonly adminIdentities: readonly string[];
+  readonly tlsEnabled: boolean;
+  nodeStatus(): Record<string, unknown>;
+  clusterStatus(): Record<string, unknown>;
+  /** Resolves with the new leader once leadership moved, or throws an AdminError. */
+  transferLeadership(to: number): Promise<number>;
+  /** Resolves with the committed configuration, or throws an AdminError. */
+  changeMembership(change: MembershipChange | { type: "ADD_LEARNER_AT"; address: string }): Promise<Record<string, unknown>>;
+}
+
+/** A refusal with its error code, mapped to a gRPC status for the caller. */
+export class AdminError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+function codec(name: string) {
+  let type: protobuf.Type | undefined;
+  const t = (): protobuf.Type => (type ??= protoType(name));
+  return {
+    serialize: (o: Record<string, unknown>): Buffer => Buffer.from(t().encode(t().fromObject(o)).finish()),
+    deserialize: (b: Buffer): Record<string, unknown> => t().toObject(t().decode(b), { longs: Number, defaults: true }) as Record<string, unknown>,
+  };
+}
+
+function unary(method: string, request: string, response: string): grpc.MethodDefinition<Record<string, unknown>, Record<string, unknown>> {
+  const req = codec(request);
+  const res = codec(response);
+  return {
+    path: `/verity.v1.Admin/${method}`,
+    requestStream: false,
+    responseStream: false,
+    requestSerialize: req.serialize,
+    requestDeserialize: req.deserialize,
+    responseSerialize: res.serialize,
+    responseDeserialize: res.deserialize,
+  };
+}
+
+export const ADMIN_SERVICE: grpc.ServiceDefinition = {
+  clusterStatus: unary("ClusterStatus", "ClusterStatusRequest", "ClusterStatusResponse"),
+  nodeStatus: unary("NodeStatus", "NodeStatusRequest", "NodeStatus"),
+  addLearner: unary("AddLearner", "AddLearnerRequest", "MembershipResponse"),
+  promoteMember: unary("PromoteMember", "MemberRequest", "MembershipResponse"),
+  removeMember: unary("RemoveMember", "MemberRequest", "MembershipResponse"),
+  transferLeadership: unary("TransferLeadership", "TransferLeadershipRequest", "TransferLeadershipResponse"),
+};
+
+type Call = grpc.ServerUnaryCall<Record<string, unknown>, Record<string, unknown>>;
+type Done = grpc.sendUnaryData<Record<string, unknown>>;
+
+/** Builds the handlers; `onAuthFailure` counts refused callers. */
+export function adminHandlers(target: AdminTarget, onAuthFailure: () => void): grpc.UntypedServiceImplementation {
+  const guarded = (body: (request: Record<string, unknown>) => Promise<Record<string, unknown>>) => (call: Call, done: Done) => {
+    if (target.tlsEnabled) {
+      const identity = target.identityOf(call.getPeer());
+      if (identity === undefined || !target.adminIdentities.includes(identity)) {
+        onAuthFailure();
+        done({
+          code: grpc.status.PERMISSION_DENIED,
+          details: `certificate identity "${identity ?? "(none)"}" has no admin role: add it to [security] admins to use the admin API`,
+        });
+        return;
+      }
+    }
+    body(call.request).then(
+      (response) => done(null, response),
+      (e: unknown) =>
+        done(
+          e instanceof AdminError
+            ? { code: grpcStatusOf[e.code], details: e.message }
+            : { code: grpc.status.INTERNAL, details: `internal error: ${e instanceof Error ? e.message : String(e)}` },
+        ),
+    );
+  };
+  const nodeId = (request: Record<string, unknown>): NodeId => {
+    const id = Number(request.nodeId);
+    if (!Number.isSafeInteger(id) || id < 1) throw new AdminError("INVALID_ARGUMENT", `node_id ${String(request.nodeId)} is not a positive integer`);
+    return id as NodeId;
+  };
+  return {
+    clusterStatus: guarded(async () => target.clusterStatus()),
+    nodeStatus: guarded(async () => target.nodeStatus()),
+    transferLeadership: guarded(async (r) => ({ newLeader: await target.transferLeadership(Number(r.to ?? 0)) })),
+    addLearner: guarded(async (r) => {
+      const address = String(r.address ?? "");
+      if (!/^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/.test(address)) {
+        throw new AdminError("INVALID_ARGUMENT", `address "${address}" is not host:port: give the new node's cluster address`);
+      }
+      return target.changeMembership({ type: "ADD_LEARNER_AT", address });
+    }),
+    promoteMember: guarded(async (r) => target.changeMembership({ type: "PROMOTE_LEARNER", node: nodeId(r) })),
+    removeMember: guarded(async (r) => target.changeMembership({ type: "REMOVE_NODE", node: nodeId(r) })),
+  };
+}
