@@ -142,11 +142,14 @@ async function serve(settings: Settings): Promise<void> {
       logger.error({ error: e instanceof Error ? e.message : String(e) }, "cannot start the node");
       return reportError(NAME, e);
     }
-    const signal = await signalled;
+    const fatal = new Promise<string>((done) => {
+      node.onFatal = () => done("fatal");
+    });
+    const signal = await Promise.race([signalled, fatal]);
     logger.info({ signal }, "shutting down");
-    await node.stop();
+    await node.stop().catch(() => {});
     logger.info({}, "stopped");
-    return ExitCode.OK;
+    return signal === "fatal" ? ExitCode.FAILED : ExitCode.OK;
   });
 }
 

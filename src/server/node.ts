@@ -68,6 +68,8 @@ export class VerityNode implements AdminTarget {
   private applied = 0;
   private readonly lastSeen = new Map<number, number>();
   private peerAuthFailuresCounted = 0;
+  /** Called when the node can no longer run (the driver stopped on a failure). */
+  onFatal: ((error: unknown) => void) | undefined;
 
   private constructor(
     private readonly settings: Settings,
@@ -197,7 +199,12 @@ export class VerityNode implements AdminTarget {
           this.consensusLogger.info({ state: ROLE_NAMES[s.role], leader: s.leader, view: core.hardState().term }, "role changed");
         },
         onHardState: (h) => m.view.set(h.term),
-        onFailure: (e) => this.logger.error({ error: e instanceof Error ? e.message : String(e) }, "consensus stopped: a disk or port failed; restart the node"),
+        onFailure: (e) => {
+          // A node that cannot persist must not go on answering as if healthy: stop it, so that a
+          // supervisor restarts it and it recovers from what is really on disk.
+          this.logger.error({ error: e instanceof Error ? e.message : String(e) }, "consensus stopped: a disk or port failed; exiting so the node restarts from disk");
+          this.onFatal?.(e);
+        },
       },
     });
     let ticks = 0;

@@ -8,7 +8,7 @@ import * as grpc from "@grpc/grpc-js";
 import { ADMIN_SERVICE } from "../../src/server/admin-service.js";
 import * as https from "node:https";
 import * as net from "node:net";
-import { readFileSync } from "node:fs";
+import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { TestCa } from "../helpers/certs.js";
@@ -126,7 +126,7 @@ function exited(child: ChildProcess): Promise<number | null> {
 }
 
 describe("a 3-node cluster of real processes with mutual TLS", () => {
-  it("elects a leader, survives kill -9 of the leader, takes it back, and hands over on SIGTERM", async () => {
+  it("elects a leader; admin API and health; kill -9 of the leader; rejoin; handover on SIGTERM; a wiped follower catches up", async () => {
     const nodes: Node[] = [];
     for (const id of [1, 2, 3]) nodes.push({ id, client: await freePort(), cluster: await freePort(), metrics: await freePort(), output: "" });
     for (const n of nodes) start(n, nodes);
@@ -185,7 +185,22 @@ describe("a 3-node cluster of real processes with mutual TLS", () => {
     const third = await until("leadership after the handover", () => leaderOf(remaining), 10_000);
     expect(third.leader).not.toBe(leaving);
 
-    for (const n of remaining) {
+    // A follower loses its disk: restarted with the same node id and an empty data dir, it
+    // rejoins and catches up by itself (the guide's "Single Node Failure" procedure).
+    const wiped = remaining.find((n) => n !== third.leader)!;
+    wiped.process!.kill("SIGTERM");
+    expect(await exited(wiped.process!)).toBe(0);
+    rmSync(join(tmp.path, `node${wiped.id}`), { recursive: true, force: true });
+    leaving.process = undefined;
+    start(leaving, nodes); // bring the third node back too, so the cluster has a quorum without the wiped one
+    start(wiped, nodes);
+    const leaderStatus = (await status(third.leader))!;
+    await until("the wiped follower caught up", async () => {
+      const st = await status(wiped);
+      return st?.state === "follower" && (st.applied_index as number) >= (leaderStatus.commit_index as number) ? st : undefined;
+    });
+
+    for (const n of nodes) {
       n.process!.kill("SIGTERM");
       expect(await exited(n.process!)).toBe(0);
     }
