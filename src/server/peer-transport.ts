@@ -21,10 +21,11 @@ import type { Message } from "../consensus/types.js";
 import type { TransportPort } from "../consensus/driver.js";
 import type { NodeId } from "../log/types.js";
 import { decodeRaftBatch, encodeRaftBatch, type DecodeResult } from "./peer-codec.js";
+import { CLUSTER_NODES_MAX } from "../limits.js";
 import { protoType } from "./proto.js";
 
-/** Messages waiting in one link's stream buffer at most; more are dropped (Raft retransmits). */
-export const PEER_LINK_PENDING_MESSAGES_MAX = 8192;
+/** Batches waiting in one link's stream buffer at most; more are dropped (Raft retransmits). */
+export const PEER_LINK_PENDING_BATCHES_MAX = 1024;
 /** Redial backoff bounds. */
 export const PEER_REDIAL_DELAY_MS_MIN = 50;
 export const PEER_REDIAL_DELAY_MS_MAX = 2000;
@@ -173,7 +174,8 @@ class PeerLink {
   /** Writes a batch if the stream is up and not backed up; returns false when it was dropped. */
   write(messages: readonly Message[]): boolean {
     const s = this.stream;
-    if (s === undefined || s.writableLength > PEER_LINK_PENDING_MESSAGES_MAX) return false;
+    // The stream is in object mode: writableLength counts queued batches.
+    if (s === undefined || s.writableLength >= PEER_LINK_PENDING_BATCHES_MAX) return false;
     s.write(messages);
     return true;
   }
@@ -236,6 +238,10 @@ export class PeerTransport implements TransportPort {
   /** Starts dialing a peer address (for members added while running). */
   addPeer(address: string): void {
     if (this.links.has(address) || address === this.boundAddress) return;
+    if (this.links.size >= CLUSTER_NODES_MAX) {
+      this.log("warn", { address, links: this.links.size }, `not dialing ${address}: this node already has ${CLUSTER_NODES_MAX} peer links, the most a cluster has`);
+      return;
+    }
     const link = new PeerLink(address, this);
     this.links.set(address, link);
     link.dial();
