@@ -130,15 +130,24 @@ async function serve(settings: Settings): Promise<void> {
       "data directory open; log recovered",
     );
     // Listen for signals before starting: a SIGTERM during start-up still stops cleanly.
+    const starting = new AbortController();
     const signalled = new Promise<string>((done) => {
-      process.once("SIGINT", () => done("SIGINT"));
-      process.once("SIGTERM", () => done("SIGTERM"));
+      const on = (signal: string) => () => {
+        starting.abort();
+        done(signal);
+      };
+      process.once("SIGINT", on("SIGINT"));
+      process.once("SIGTERM", on("SIGTERM"));
     });
     let node: VerityNode;
     try {
-      node = await VerityNode.start(settings, root, dir);
+      node = await VerityNode.start(settings, root, dir, starting.signal);
     } catch (e) {
-      await dir.close();
+      await dir.close().catch(() => {});
+      if (starting.signal.aborted) {
+        logger.info({ reason: e instanceof Error ? e.message : String(e) }, "stopped while starting");
+        return ExitCode.OK;
+      }
       logger.error({ error: e instanceof Error ? e.message : String(e) }, "cannot start the node");
       return reportError(NAME, e);
     }

@@ -91,8 +91,12 @@ export class VerityNode implements AdminTarget {
     return peers.length === 0 ? undefined : derivedClusterId(settings.server.clusterName, [formatHostPort(settings.server.clusterAddress), ...peers]);
   }
 
-  /** Starts the node on an opened data directory (which it closes on `stop`). */
-  static async start(settings: Settings, root: Logger, dir: DataDir): Promise<VerityNode> {
+  /**
+   * Starts the node on an opened data directory (which it closes on `stop`). `abort` ends a
+   * start that is still waiting for its peers (a SIGTERM while a new cluster forms); then
+   * everything opened so far is closed again and the call throws.
+   */
+  static async start(settings: Settings, root: Logger, dir: DataDir, abort?: AbortSignal): Promise<VerityNode> {
     const logger = forTarget(root, "verity_server");
     const clusterAddress = formatHostPort(settings.server.clusterAddress);
     const peers = settings.clusterPeers.map(formatHostPort);
@@ -137,20 +141,26 @@ export class VerityNode implements AdminTarget {
       },
       "listening",
     );
-    const bootstrap = await node.bootstrapConfig(peers.length);
-    await node.startConsensus(bootstrap);
+    try {
+      const bootstrap = await node.bootstrapConfig(peers.length, abort);
+      await node.startConsensus(bootstrap);
+    } catch (e) {
+      await node.stop().catch(() => {});
+      throw e;
+    }
     return node;
   }
 
   /** The first configuration: saved in meta, or this node plus every peer's announced id. */
-  private async bootstrapConfig(peerCount: number): Promise<MembershipConfig> {
+  private async bootstrapConfig(peerCount: number, abort: AbortSignal | undefined): Promise<MembershipConfig> {
     const saved = this.dir.meta.membership;
     if (saved !== undefined) return membershipConfig(saved.voters as NodeId[], saved.learners as NodeId[]);
     const self = this.dir.meta.nodeId as NodeId;
     const started = Date.now();
     let warned = false;
-    // Bounded by the peers answering; says what it waits for every BOOTSTRAP_WAIT_LOG_MS.
+    // Waits until every peer answers, or the start is aborted (SIGTERM); says what it waits for.
     while (this.transport.connectedPeers().length < peerCount) {
+      if (abort?.aborted === true) throw new FailedPreconditionError("stopped before the cluster formed: not every peer in --cluster-peers answered");
       if (!warned && Date.now() - started > BOOTSTRAP_WAIT_LOG_MS) {
         warned = true;
         this.logger.warn(

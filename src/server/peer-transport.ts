@@ -124,6 +124,8 @@ class PeerLink {
   peerId: NodeId | undefined;
   private redialDelay = PEER_REDIAL_DELAY_MS_MIN;
   private timer: NodeJS.Timeout | undefined;
+  /** A Hello in flight, cancelled when the link closes. */
+  private helloCall: grpc.ClientUnaryCall | undefined;
   closed = false;
 
   constructor(
@@ -136,7 +138,8 @@ class PeerLink {
     this.client?.close();
     this.client = new PeerClient(this.address, this.transport.channelCredentials()) as PeerClientInstance;
     const deadline = new Date(Date.now() + PEER_HELLO_TIMEOUT_MS);
-    this.client.hello(this.transport.hello(), { deadline }, (err, res) => {
+    this.helloCall = this.client.hello(this.transport.hello(), { deadline }, (err, res) => {
+      this.helloCall = undefined;
       if (this.closed) return;
       if (err !== null || res === undefined) return this.retry(`hello failed: ${err?.details ?? err?.message ?? "no answer"}`);
       if (res.clusterId !== this.transport.clusterId) {
@@ -183,6 +186,7 @@ class PeerLink {
   close(): void {
     this.closed = true;
     clearTimeout(this.timer);
+    this.helloCall?.cancel();
     this.stream?.end();
     this.client?.close();
   }

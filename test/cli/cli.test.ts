@@ -136,6 +136,22 @@ describe("verity-server", () => {
     expect(out).toMatch(/"message":"stopped"/);
   });
 
+  it("stops cleanly on SIGTERM while a new cluster still waits for its peers", async () => {
+    const dd = join(tmp.path, "lonely");
+    // The only peer listed never answers: the node waits to form the cluster.
+    const child = spawn(process.execPath, [bin("verity-server"), "--data-dir", dd, "--cluster-peers", "127.0.0.1:1"], {
+      stdio: ["ignore", "pipe", "pipe"], env: SERVER_ENV,
+    });
+    let out = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    // Bounded: 200 polls of 50 ms.
+    for (let i = 0; i < 200 && !out.includes('"message":"listening"'); i++) await new Promise((r) => setTimeout(r, 50));
+    const exit = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
+    child.kill("SIGTERM");
+    expect(await exit).toBe(0);
+    expect(out).toMatch(/stopped before the cluster formed/);
+  });
+
   it.runIf(process.getuid?.() === 0)("says clearly when the data directory is not writable", () => {
     // Root ignores permission bits, so run the server as the unprivileged user "nobody".
     const dd = join(tmp.path, "readonly");
