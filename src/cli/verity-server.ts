@@ -39,6 +39,7 @@ export async function main(argv: string[]): Promise<void> {
       "log-level": { type: "string", describe: "Log level: trace, debug, info, warn, error [env VERITY_LOG_LEVEL; default info]" },
       "cluster-address": { type: "string", describe: `Cluster address host:port for peer (Raft) traffic [env VERITY_SERVER_CLUSTER_ADDRESS; default 127.0.0.1:7001]` },
       "metrics-address": { type: "string", describe: `Address host:port for Prometheus GET /metrics [env VERITY_TELEMETRY_METRICS_ADDRESS; default 127.0.0.1:9090; ${NOT_LISTENING}]` },
+      join: { type: "boolean", describe: "With a new data directory: join the existing cluster of --cluster-peers (an admin then adds this node with AddLearner) instead of forming a new one [env VERITY_JOIN]" },
       insecure: { type: "boolean", describe: "Allow plaintext (no TLS) on a non-loopback address [env VERITY_INSECURE]" },
       validate: { type: "boolean", describe: "Check the configuration and exit: 0 with a summary, or 1 with every problem, one per line. Opens nothing" },
     })
@@ -104,18 +105,30 @@ async function serve(settings: Settings): Promise<void> {
   const logger = forTarget(root, "verity_server");
   await run(NAME, async () => {
     const dataDir = settings.storage.dataDir;
+    // Listen for signals from the start: a SIGTERM while joining or forming a cluster still stops cleanly.
+    const starting = new AbortController();
+    const signalled = new Promise<string>((done) => {
+      const on = (signal: string) => () => {
+        starting.abort();
+        done(signal);
+      };
+      process.once("SIGINT", on("SIGINT"));
+      process.once("SIGTERM", on("SIGTERM"));
+    });
     let dir: DataDir;
     try {
+      const clusterId = await VerityNode.clusterIdForDataDir(settings, starting.signal, logger);
       dir = await DataDir.open({
         path: dataDir,
         nodeId: settings.server.nodeId,
-        clusterId: VerityNode.clusterIdFor(settings),
+        clusterId,
         segmentBytes: settings.storage.segmentBytes,
         recordBytesMax: settings.limits.recordBytesMax,
         syncMode: settings.storage.syncMode,
         logger: forTarget(root, "verity_log"),
       });
     } catch (e) {
+      if (starting.signal.aborted) return ExitCode.OK;
       logger.error({ data_dir: dataDir, error: e instanceof Error ? e.message : String(e) }, "cannot open the data directory");
       return reportError(NAME, e);
     }
@@ -129,16 +142,6 @@ async function serve(settings: Settings): Promise<void> {
       },
       "data directory open; log recovered",
     );
-    // Listen for signals before starting: a SIGTERM during start-up still stops cleanly.
-    const starting = new AbortController();
-    const signalled = new Promise<string>((done) => {
-      const on = (signal: string) => () => {
-        starting.abort();
-        done(signal);
-      };
-      process.once("SIGINT", on("SIGINT"));
-      process.once("SIGTERM", on("SIGTERM"));
-    });
     let node: VerityNode;
     try {
       node = await VerityNode.start(settings, root, dir, starting.signal);

@@ -35,7 +35,9 @@ import { ADMIN_SERVICE, AdminError, adminHandlers, type AdminTarget } from "./ad
 import { HealthImplementation } from "grpc-health-check";
 import type { MembershipChange } from "../consensus/types.js";
 import type { LogStoragePort } from "../consensus/driver.js";
-import { PeerTransport } from "./peer-transport.js";
+import { PeerTransport, discoverClusterId } from "./peer-transport.js";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
 import { formatHostPort } from "./setting-values.js";
 import type { Settings } from "./settings.js";
 import { forTarget } from "../logger.js";
@@ -85,10 +87,27 @@ export class VerityNode implements AdminTarget {
     readonly tlsEnabled: boolean,
   ) {}
 
-  /** The cluster id a node opening its data directory must find (undefined: any, for a single node). */
+  /** The cluster id the first members of a cluster derive (undefined for a single node: a random one). */
   static clusterIdFor(settings: Settings): string | undefined {
     const peers = settings.clusterPeers.map(formatHostPort);
     return peers.length === 0 ? undefined : derivedClusterId(settings.server.clusterName, [formatHostPort(settings.server.clusterAddress), ...peers]);
+  }
+
+  /**
+   * The cluster id to open the data directory with. An existing directory keeps the one it has
+   * (peers check it in every Hello). A new one joining (`--join`) asks its peers; a new one forming
+   * a cluster derives it from the settings, as the other first members do.
+   */
+  static async clusterIdForDataDir(settings: Settings, abort: AbortSignal | undefined, logger: Logger): Promise<string | undefined> {
+    if (existsSync(join(settings.storage.dataDir, "meta", "state.json"))) return undefined;
+    if (!settings.join) return VerityNode.clusterIdFor(settings);
+    let warned = false;
+    const id = await discoverClusterId(settings.clusterPeers.map(formatHostPort), loadTls(settings), settings.security.nodes, abort, (why) => {
+      if (!warned) logger.warn({ reason: why }, "joining: no peer has answered yet; retrying (check --cluster-peers)");
+      warned = true;
+    });
+    logger.info({ cluster_id: id }, "joining the cluster of --cluster-peers");
+    return id;
   }
 
   /**
@@ -155,6 +174,12 @@ export class VerityNode implements AdminTarget {
   private async bootstrapConfig(peerCount: number, abort: AbortSignal | undefined): Promise<MembershipConfig> {
     const saved = this.dir.meta.membership;
     if (saved !== undefined) return membershipConfig(saved.voters as NodeId[], saved.learners as NodeId[]);
+    if (this.settings.join) {
+      // Not a member yet: no vote, no campaign, until the leader adds this node and its log says so.
+      await this.dir.saveCommittedMembership(0, [], []);
+      this.logger.info({}, "waiting to be added to the cluster (verity-admin member add / the Admin API's AddLearner)");
+      return membershipConfig([]);
+    }
     const self = this.dir.meta.nodeId as NodeId;
     const started = Date.now();
     let warned = false;

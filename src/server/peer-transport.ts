@@ -304,18 +304,7 @@ export class PeerTransport implements TransportPort {
   }
 
   channelCredentials(): grpc.ChannelCredentials {
-    const tls = this.options.tls;
-    if (tls === undefined) return grpc.credentials.createInsecure();
-    return grpc.credentials.createSsl(tls.ca, tls.key, tls.cert, {
-      // The server end of a link must be a node too, not merely hold a certificate from the CA.
-      checkServerIdentity: (host, cert) => {
-        const hostError = checkServerIdentity(host, cert);
-        if (hostError !== undefined) return hostError;
-        const identity = commonName(cert);
-        if (identity !== undefined && this.isNode(identity)) return undefined;
-        return new Error(`the peer at ${host} presents certificate identity "${identity ?? "(none)"}", which is not in [security] nodes`);
-      },
-    });
+    return linkCredentials(this.options.tls, this.options.nodeIdentities ?? []);
   }
 
   private isNode(identity: string): boolean {
@@ -349,6 +338,11 @@ export class PeerTransport implements TransportPort {
       return;
     }
     const req = call.request;
+    // Discovery: a node joining with a new data directory asks which cluster this is.
+    if (req.clusterId === "") {
+      cb(null, this.hello());
+      return;
+    }
     if (req.clusterId !== this.clusterId) {
       cb({ code: grpc.status.FAILED_PRECONDITION, details: `this node is in cluster ${this.clusterId}, not ${req.clusterId}: check --cluster-peers` });
       return;
@@ -380,3 +374,50 @@ export class PeerTransport implements TransportPort {
   }
 }
 
+/** Credentials for dialing a peer: with TLS, the server end must present a node identity too. */
+export function linkCredentials(tls: { cert: Buffer; key: Buffer; ca: Buffer } | undefined, nodeIdentities: readonly string[]): grpc.ChannelCredentials {
+  if (tls === undefined) return grpc.credentials.createInsecure();
+  return grpc.credentials.createSsl(tls.ca, tls.key, tls.cert, {
+    // The server end of a link must be a node too, not merely hold a certificate from the CA.
+    checkServerIdentity: (host, cert) => {
+      const hostError = checkServerIdentity(host, cert);
+      if (hostError !== undefined) return hostError;
+      const identity = commonName(cert);
+      if (identity !== undefined && nodeIdentities.includes(identity)) return undefined;
+      return new Error(`the peer at ${host} presents certificate identity "${identity ?? "(none)"}", which is not in [security] nodes`);
+    },
+  });
+}
+
+/** How often a joining node asks its peers for the cluster id. */
+export const DISCOVERY_RETRY_MS = 500;
+
+/**
+ * Asks the peers, in turn, which cluster they belong to (a Hello with an empty cluster id), until
+ * one answers or `abort` fires. Used by a node joining with a new data directory.
+ */
+export async function discoverClusterId(
+  peers: readonly string[],
+  tls: { cert: Buffer; key: Buffer; ca: Buffer } | undefined,
+  nodeIdentities: readonly string[],
+  abort: AbortSignal | undefined,
+  onRetry: (why: string) => void,
+): Promise<string> {
+  const credentials = linkCredentials(tls, nodeIdentities);
+  // Bounded by `abort`: a joining node waits for its cluster as long as the operator lets it.
+  for (let attempt = 0; ; attempt++) {
+    for (const address of peers) {
+      if (abort?.aborted === true) throw new Error("stopped while looking for the cluster to join");
+      const client = new PeerClient(address, credentials) as PeerClientInstance;
+      const answer = await new Promise<Hello | undefined>((resolve) => {
+        client.hello({ nodeId: 0, clusterId: "", clusterAddress: "" }, { deadline: new Date(Date.now() + PEER_HELLO_TIMEOUT_MS) }, (err, res) => {
+          if (err !== null) onRetry(`${address}: ${err.details || err.message}`);
+          resolve(err === null ? res : undefined);
+        });
+      });
+      client.close();
+      if (answer !== undefined && answer.clusterId !== "") return answer.clusterId;
+    }
+    await new Promise((r) => setTimeout(r, Math.min(DISCOVERY_RETRY_MS * (attempt + 1), PEER_REDIAL_DELAY_MS_MAX)));
+  }
+}

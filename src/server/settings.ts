@@ -113,6 +113,8 @@ export const SETTINGS = {
   logLevel: setting("log_level", oneOfKind(LOG_LEVELS), "info", { flag: "log-level" }),
   clusterPeers: setting("cluster_peers", peersKind, "", { flag: "cluster-peers" }),
   insecure: setting("insecure", booleanKind, false, { flag: "insecure" }),
+  // Only read when the data directory is new: join the cluster of cluster_peers instead of forming one.
+  join: setting("join", booleanKind, false, { flag: "join" }),
   // A one-time recovery step: kept out of the file and the environment so it cannot repeat on every restart.
   forceRecover: setting("force_recover", booleanKind, false, { flag: "force-recover", inFile: false, inEnv: false }),
 } as const;
@@ -176,6 +178,8 @@ export interface Settings {
   readonly clusterPeers: readonly HostPort[];
   /** Accept plaintext on a non-loopback address. */
   readonly insecure: boolean;
+  /** A new data directory joins the existing cluster of `clusterPeers` (as a non-member, until an admin adds it). */
+  readonly join: boolean;
   readonly forceRecover: boolean;
   /** The config file read (absolute), if any. */
   readonly configPath: string | undefined;
@@ -482,6 +486,9 @@ function checkAddresses(v: Partial<Values>, failed: ReadonlySet<SettingName>, sh
       problems.push(`${show("clusterPeers")} lists this node's own ${show("clusterAddress")}: list only the other nodes`);
     }
   }
+  if (v.join === true && (v.clusterPeers?.length ?? 0) === 0) {
+    problems.push(`join = true needs ${show("clusterPeers")}: list at least one member of the cluster to join`);
+  }
   // With TLS the cluster port admits only the node role; a cluster with no node identities could never form.
   if (v.tlsCert !== undefined && (v.clusterPeers?.length ?? 0) > 0 && (v.nodes?.length ?? 0) === 0) {
     problems.push(
@@ -533,6 +540,7 @@ function build(v: Values, origins: Record<string, SettingOrigin>, configPath: st
     logLevel: v.logLevel,
     clusterPeers: v.clusterPeers,
     insecure: v.insecure,
+    join: v.join,
     forceRecover: v.forceRecover,
     configPath,
     origins,
