@@ -76,6 +76,15 @@ const entry = (index: number, term: number): LogEntry => ({
   index: index as LogIndex, term: term as Term, kind: RecordKind.EVENTS, tenant: "t", payload: Buffer.from(`e${index}`),
 });
 
+/** Ticks a single-node cluster until it leads (an election takes at most 2 x electionTicks ticks). */
+async function electSelf(node: Node): Promise<void> {
+  for (let i = 0; i < 40 && node.driver.raft.softState().role !== Role.LEADER; i++) {
+    node.driver.tick();
+    await settle(node);
+  }
+  expect(node.driver.raft.softState().role).toBe(Role.LEADER);
+}
+
 async function settle(node: Node): Promise<void> {
   for (let i = 0; i < 5; i++) {
     await node.driver.idle();
@@ -168,12 +177,7 @@ describe("a single-node cluster on the production log", () => {
   it("elects itself, commits and applies proposals, and finds them on disk after a restart", async () => {
     const fs = new MemoryFileSystem();
     const node = await startNode(fs, 1, [1]);
-    // Bounded: an election takes at most 2 x electionTicks ticks.
-    for (let i = 0; i < 40 && node.driver.raft.softState().role !== Role.LEADER; i++) {
-      node.driver.tick();
-      await settle(node);
-    }
-    expect(node.driver.raft.softState().role).toBe(Role.LEADER);
+    await electSelf(node);
     const result = node.driver.input((core) =>
       core.propose([1, 2, 3].map((i) => ({ kind: RecordKind.EVENTS, tenant: "acme", payload: Buffer.from(`event ${i}`) }))),
     );
@@ -199,11 +203,7 @@ describe("restart from disk", () => {
     const { MEMBERSHIP_HISTORY_MAX } = await import("../../src/limits.js");
     const fs = new MemoryFileSystem();
     const node = await startNode(fs, 1, [1]);
-    for (let i = 0; i < 40 && node.driver.raft.softState().role !== Role.LEADER; i++) {
-      node.driver.tick();
-      await settle(node);
-    }
-    expect(node.driver.raft.softState().role).toBe(Role.LEADER);
+    await electSelf(node);
     const changes = MEMBERSHIP_HISTORY_MAX + 6;
     for (let i = 0; i < changes; i++) {
       const change = i % 2 === 0 ? ({ type: "ADD_LEARNER", node: n(2) } as const) : ({ type: "REMOVE_NODE", node: n(2) } as const);
