@@ -9,6 +9,7 @@ import { NodeFileSystem } from "../log/node-fs.js";
 import { dumpLog, verifyLog, type VerifyReport } from "../log/offline.js";
 import { ExitCode, cli, formatBytes, run } from "./common.js";
 import { FailedPreconditionError } from "../errors.js";
+import { addAdminCommands } from "./admin-commands.js";
 
 const NAME = "verity-admin";
 
@@ -105,7 +106,7 @@ const dataDirOption = {
 } as const;
 
 export async function main(argv: string[]): Promise<void> {
-  await cli(NAME, argv, "Operate VerityDB clusters and check data directories.", `${NAME} <command> [options]`)
+  const parser = cli(NAME, argv, "Operate VerityDB clusters and check data directories.", `${NAME} <command> [options]`)
     .command("log", "Offline tools for a node's log", (y) =>
       y
         .command(
@@ -137,8 +138,8 @@ export async function main(argv: string[]): Promise<void> {
       (c) => c.options(dataDirOption),
       (a) => run(NAME, () => verifyCommand(a["data-dir"], a.json, "verify")),
     )
-    .demandCommand(1, "a command is required")
-    .parseAsync();
+    .demandCommand(1, "a command is required");
+  await addAdminCommands(parser).parseAsync();
 }
 
 await main(hideBin(process.argv));

@@ -1,0 +1,76 @@
+/**
+ * The Admin API from the command line and from tests: a gRPC client over `--endpoints` with mutual
+ * TLS. Calls go to the endpoints in order; one that is unreachable, or is not the leader for an
+ * operation that needs the leader, is skipped for the next.
+ */
+
+import { readFileSync } from "node:fs";
+import * as grpc from "@grpc/grpc-js";
+import { ADMIN_SERVICE } from "../server/admin-service.js";
+
+/** How long one call may take (a membership change waits for its commit on the server). */
+export const ADMIN_CALL_TIMEOUT_MS = 20_000;
+
+export interface ClientTlsFiles {
+  ca: string;
+  cert: string;
+  key: string;
+}
+
+export interface AdminClientOptions {
+  endpoints: readonly string[];
+  tls: ClientTlsFiles | undefined;
+}
+
+const AdminStub = grpc.makeGenericClientConstructor(ADMIN_SERVICE, "Admin");
+type Stub = Record<string, (r: object, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r: Record<string, unknown>) => void) => void> & {
+  close(): void;
+};
+
+/** A failed call, with every endpoint's answer. */
+export class AdminCallError extends Error {
+  constructor(
+    readonly code: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export class AdminApi {
+  private readonly credentials: grpc.ChannelCredentials;
+
+  constructor(private readonly options: AdminClientOptions) {
+    const tls = options.tls;
+    this.credentials = tls === undefined
+      ? grpc.credentials.createInsecure()
+      : grpc.credentials.createSsl(readFileSync(tls.ca), readFileSync(tls.key), readFileSync(tls.cert));
+  }
+
+  /** Calls `method` on the first endpoint that answers it (UNAVAILABLE moves on to the next). */
+  async call(method: string, request: object): Promise<{ endpoint: string; response: Record<string, unknown> }> {
+    const failures: string[] = [];
+    let lastCode: number = grpc.status.UNAVAILABLE;
+    for (const endpoint of this.options.endpoints) {
+      // A host name, not an IP, as the TLS server name (certificates name localhost and 127.0.0.1).
+      const target = endpoint.replace(/^127\.0\.0\.1:/, "localhost:");
+      const stub = new AdminStub(target, this.credentials) as unknown as Stub;
+      try {
+        const response = await new Promise<Record<string, unknown>>((resolve, reject) =>
+          stub[method]!(request, { deadline: new Date(Date.now() + ADMIN_CALL_TIMEOUT_MS) }, (e, r) => (e ? reject(e) : resolve(r))),
+        );
+        return { endpoint, response };
+      } catch (e) {
+        const err = e as grpc.ServiceError;
+        lastCode = err.code ?? grpc.status.UNKNOWN;
+        failures.push(`${endpoint}: ${err.details || err.message}`);
+        if (err.code !== grpc.status.UNAVAILABLE && err.code !== grpc.status.DEADLINE_EXCEEDED) {
+          throw new AdminCallError(lastCode, failures.join("; "));
+        }
+      } finally {
+        stub.close();
+      }
+    }
+    throw new AdminCallError(lastCode, failures.length === 0 ? "no endpoints given" : failures.join("; "));
+  }
+}
