@@ -147,6 +147,32 @@ export function addAdminCommands(y: Argv): Argv {
     .command(["node", "status"], "This node's status (node status, or status)", (c) =>
       c.command("status", "This node: state, view, commit and applied index, sync mode, disk use, segments", (s) => s.options(connectionOptions), nodeStatus)
         .options(connectionOptions), nodeStatus)
+    .command("metrics", "A node's Prometheus metrics (GET /metrics on its metrics address)",
+      (s) => s.options({
+        "metrics-endpoint": {
+          type: "string", default: env.VERITY_METRICS_ENDPOINT ?? "127.0.0.1:9090",
+          describe: "The node's metrics address host:port, its --metrics-address (env VERITY_METRICS_ENDPOINT)",
+        },
+        filter: { type: "string", describe: "Only lines containing this text (as grep would)" },
+      }),
+      (args: unknown) => {
+        const a = args as { "metrics-endpoint": string; filter?: string };
+        return run(NAME, async () => {
+          const url = `http://${a["metrics-endpoint"]}/metrics`;
+          let text: string;
+          try {
+            const res = await fetch(url, { signal: AbortSignal.timeout(5000) });
+            if (!res.ok) throw new Error(`HTTP ${res.status}`);
+            text = await res.text();
+          } catch (e) {
+            process.stderr.write(`${NAME}: error: cannot read ${url}: ${e instanceof Error ? e.message : String(e)}; is --metrics-endpoint the node's --metrics-address?\n`);
+            return ExitCode.FAILED;
+          }
+          const lines = text.split("\n").filter((l) => l !== "" && (a.filter === undefined || l.includes(a.filter)));
+          process.stdout.write(lines.join("\n") + "\n");
+          return ExitCode.OK;
+        });
+      })
     .command("leader", "Leadership", (c) =>
       c.command("transfer", "Hand leadership to another voter (the most caught-up one unless --to)",
         (s) => s.options({ ...connectionOptions, to: { type: "number", default: 0, describe: "Node id to hand over to" } }),

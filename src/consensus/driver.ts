@@ -69,6 +69,16 @@ export interface DriverObserver {
   onApplied?(entries: readonly LogEntry[]): void;
   /** A port failed; the driver has stopped. */
   onFailure?(error: unknown): void;
+  /**
+   * How long one Ready's phases took, in the driver's clock units: `persist` (truncate, term/vote,
+   * entries: everything before its messages may leave) and `apply`.
+   */
+  onPhase?(phase: "persist" | "apply", duration: number): void;
+}
+
+/** The time source for phase durations (the server passes performance.now; the simulator its own clock). */
+export interface DriverClock {
+  now(): number;
 }
 
 /**
@@ -87,6 +97,8 @@ export interface DriverPorts {
   stateMachine: StateMachinePort;
   catchUp?: CatchUpPort;
   observer?: DriverObserver;
+  /** Needed only for `observer.onPhase`. */
+  clock?: DriverClock;
 }
 
 export class RaftDriver {
@@ -182,6 +194,8 @@ export class RaftDriver {
   private async handle(ready: Ready): Promise<void> {
     const { log, hardState, transport, stateMachine, observer } = this.ports;
     if (ready.softState !== undefined) observer?.onSoftState?.(ready.softState);
+    const clock = this.ports.clock;
+    const persistStarted = clock?.now();
     // Rule 1: cut before appending what replaces the cut entries.
     if (ready.truncateFrom !== undefined) await log.truncateSuffix(ready.truncateFrom, this.commitIndex);
     // Rule 2: term/vote and entries durable before any message leaves. A new term or vote is
@@ -199,15 +213,18 @@ export class RaftDriver {
       this.commitIndex = Math.max(this.commitIndex, hs.commit);
       observer?.onHardState?.(hs);
     }
+    if (persistStarted !== undefined && (ready.entries.length > 0 || hs !== undefined)) observer?.onPhase?.("persist", clock!.now() - persistStarted);
     if (ready.messages.length > 0) transport.send(ready.messages);
     // Rule 3: apply after persistence, in order.
     if (ready.committedEntries.length > 0) {
+      const applyStarted = clock?.now();
       await stateMachine.apply(ready.committedEntries);
       const membership = ready.committedEntries.filter((e) => e.kind === RecordKind.MEMBERSHIP).at(-1);
       if (membership !== undefined && hardState.saveCommittedMembership !== undefined) {
         const config = decodeConfig(membership.payload);
         await hardState.saveCommittedMembership(membership.index, config.voters, config.learners);
       }
+      if (applyStarted !== undefined) observer?.onPhase?.("apply", clock!.now() - applyStarted);
       observer?.onApplied?.(ready.committedEntries);
     }
     if (ready.readStates.length > 0) observer?.onReadStates?.(ready.readStates);

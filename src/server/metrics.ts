@@ -20,6 +20,13 @@ export class NodeMetrics {
   readonly commits = new Counter({ name: "verity_consensus_commits_total", help: "Committed entries applied on this node", registers: [this.registry] });
   readonly view = new Gauge({ name: "verity_consensus_view", help: "Current consensus view (Raft term)", registers: [this.registry] });
   readonly leader = new Gauge({ name: "verity_consensus_leader", help: "Node id of the current leader (0: none known)", registers: [this.registry] });
+  readonly consensusSeconds = new Histogram({
+    name: "verity_consensus_duration_seconds",
+    help: "Time per Ready batch of the consensus loop, by phase: persist (term, vote and entries durable before messages leave) and apply",
+    labelNames: ["phase"],
+    buckets: [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5],
+    registers: [this.registry],
+  });
   readonly elections = new Counter({ name: "verity_consensus_elections_total", help: "Elections this node started (became candidate)", registers: [this.registry] });
   readonly followerLag = new Gauge({
     name: "verity_consensus_follower_lag_entries",

@@ -218,6 +218,7 @@ export class VerityNode implements AdminTarget {
     const m = this.metrics;
     this.driver = new RaftDriver(core, {
       log: measuredLog(this.dir.log, m),
+      clock: performance,
       hardState: this.dir,
       transport: this.transport,
       stateMachine: {
@@ -234,6 +235,7 @@ export class VerityNode implements AdminTarget {
           this.consensusLogger.info({ state: ROLE_NAMES[s.role], leader: s.leader, view: core.hardState().term }, "role changed");
         },
         onHardState: (h) => m.view.set(h.term),
+        onPhase: (phase, ms) => m.consensusSeconds.observe({ phase }, ms / 1000),
         onFailure: (e) => {
           // A node that cannot persist must not go on answering as if healthy: stop it, so that a
           // supervisor restarts it and it recovers from what is really on disk.

@@ -52,6 +52,12 @@ describe("verity-admin over the Admin API", () => {
     expect(moved.stdout).toMatch(/^leadership moved to node (\d)/);
     expect(moved.stdout).not.toMatch(new RegExp(`node ${leader.id}\\n`));
 
+    // The guide's line: verity-admin metrics | grep consensus_duration
+    const metrics = spawnSync(process.execPath, [join(root, "bin", "verity-admin.js"), "metrics", "--metrics-endpoint", `127.0.0.1:${leader.metrics}`], { encoding: "utf8" });
+    expect(metrics.status).toBe(0);
+    expect(metrics.stdout.split("\n").filter((l) => l.includes("consensus_duration"))).not.toHaveLength(0);
+    expect(metrics.stdout).toMatch(/^verity_consensus_duration_seconds_count\{phase="persist"\} [1-9]/m);
+
     const stranger = admin(["cluster", "status"], ca.issue("node-2"));
     expect(stranger.code).toBe(1);
     expect(stranger.stderr).toMatch(/"node-2" has no admin role: add it to \[security\] admins/);
