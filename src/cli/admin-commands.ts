@@ -7,6 +7,7 @@
 import type { Argv } from "yargs";
 import { AdminApi, AdminCallError, type ClientTlsFiles } from "../client/admin-client.js";
 import { parseDuration } from "../server/setting-values.js";
+import { ping } from "../client/ping.js";
 import { ExitCode, run } from "./common.js";
 
 const NAME = "verity-admin";
@@ -143,7 +144,22 @@ export function addAdminCommands(y: Argv): Argv {
             else process.stdout.write(`not healthy after ${(a as Connection & { timeout: string }).timeout}:\n${missing.map((m) => `  - ${m}`).join("\n")}\n`);
             return ExitCode.FAILED;
           }))
-        .demandCommand(1, "cluster needs a subcommand: status or wait-healthy"))
+        .command("ping", "Reachability, TLS handshake and round-trip time of each peer's cluster address, with the reason for each failure",
+          (s) => s.options({ ...connectionOptions, peers: { type: "string", demandOption: true, describe: "Cluster addresses, comma-separated (node1:7001,node2:7001)" } }),
+          command(async (a) => {
+            const peers = (a as Connection & { peers: string }).peers.split(",").map((p) => p.trim()).filter((p) => p !== "");
+            const results = await Promise.all(peers.map((p) => ping(p, tlsOf(a))));
+            if (a.json) process.stdout.write(JSON.stringify({ ok: results.every((r) => r.ok), peers: results }) + "\n");
+            else {
+              for (const r of results) {
+                process.stdout.write(r.ok
+                  ? `  ${r.address.padEnd(24)} ok    ${r.rttMs!.toFixed(1)} ms${r.identity === undefined ? "" : `  certificate "${r.identity}"`}\n`
+                  : `  ${r.address.padEnd(24)} FAIL  ${r.reason}\n`);
+              }
+            }
+            return results.every((r) => r.ok) ? ExitCode.OK : ExitCode.FAILED;
+          }))
+        .demandCommand(1, "cluster needs a subcommand: status, wait-healthy or ping"))
     .command(["node", "status"], "This node's status (node status, or status)", (c) =>
       c.command("status", "This node: state, view, commit and applied index, sync mode, disk use, segments", (s) => s.options(connectionOptions), nodeStatus)
         .options(connectionOptions), nodeStatus)

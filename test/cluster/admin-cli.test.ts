@@ -58,6 +58,12 @@ describe("verity-admin over the Admin API", () => {
     expect(metrics.stdout.split("\n").filter((l) => l.includes("consensus_duration"))).not.toHaveLength(0);
     expect(metrics.stdout).toMatch(/^verity_consensus_duration_seconds_count\{phase="persist"\} [1-9]/m);
 
+    // The guide's line: verity-admin cluster ping --peers node1:7001,node2:7001,node3:7001 (plus one that is down)
+    const pinged = admin(["cluster", "ping", "--peers", [...nodes.map((n) => `127.0.0.1:${n.cluster}`), "127.0.0.1:1"].join(",")]);
+    expect(pinged.code).toBe(1);
+    expect(pinged.stdout.match(/ ok +[\d.]+ ms {2}certificate "node-\d"/g)).toHaveLength(3);
+    expect(pinged.stdout).toMatch(/127\.0\.0\.1:1 +FAIL {2}refused/);
+
     const stranger = admin(["cluster", "status"], ca.issue("node-2"));
     expect(stranger.code).toBe(1);
     expect(stranger.stderr).toMatch(/"node-2" has no admin role: add it to \[security\] admins/);
