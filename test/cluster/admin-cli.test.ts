@@ -70,7 +70,7 @@ describe("verity-admin over the Admin API", () => {
 
     for (const n of nodes) {
       n.process!.kill("SIGTERM");
-      expect(await exited(n.process!)).toBe(0);
+      expect(await exited(n.process!), `node ${n.id} output:\n${n.output.slice(-3000)}`).toBe(0);
     }
   });
 });

@@ -103,6 +103,7 @@ describe("a 3-node cluster of real processes with mutual TLS", () => {
     leaving.process = undefined;
     start(leaving); // bring the third node back too, so the cluster has a quorum without the wiped one
     start(wiped);
+    await until("the restarted node answering", async () => (await status(leaving)) ?? undefined);
     const leaderStatus = (await status(third.leader))!;
     await until("the wiped follower caught up", async () => {
       const st = await status(wiped);
@@ -111,7 +112,7 @@ describe("a 3-node cluster of real processes with mutual TLS", () => {
 
     for (const n of nodes) {
       n.process!.kill("SIGTERM");
-      expect(await exited(n.process!)).toBe(0);
+      expect(await exited(n.process!), `node ${n.id} output:\n${n.output.slice(-3000)}`).toBe(0);
     }
   });
 });

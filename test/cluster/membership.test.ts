@@ -58,7 +58,7 @@ describe("membership changes with real processes", () => {
 
     for (const n of [...founders, fourth]) {
       n.process!.kill("SIGTERM");
-      expect(await exited(n.process!)).toBe(0);
+      expect(await exited(n.process!), `node ${n.id} output:\n${n.output.slice(-3000)}`).toBe(0);
     }
   });
 });

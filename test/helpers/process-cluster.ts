@@ -23,12 +23,29 @@ export interface ProcessNode {
   output: string;
 }
 
+/**
+ * Ports below Linux's ephemeral range (32768-60999 here), so that no outgoing connection of any
+ * process can take one as its source port between the test choosing it and a node (re)binding it.
+ */
+const TEST_PORT_MIN = 20_000;
+const TEST_PORT_MAX = 32_000;
+const PORT_ATTEMPTS_MAX = 200;
+
 export async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, "127.0.0.1", () => r()));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
+  // Bounded: PORT_ATTEMPTS_MAX random candidates.
+  for (let attempt = 0; attempt < PORT_ATTEMPTS_MAX; attempt++) {
+    const port = TEST_PORT_MIN + Math.floor(Math.random() * (TEST_PORT_MAX - TEST_PORT_MIN));
+    const s = net.createServer();
+    const free = await new Promise<boolean>((resolve) => {
+      s.once("error", () => resolve(false));
+      s.listen(port, "127.0.0.1", () => resolve(true));
+    });
+    if (free) {
+      await new Promise<void>((r) => s.close(() => r()));
+      return port;
+    }
+  }
+  throw new Error(`no free port found between ${TEST_PORT_MIN} and ${TEST_PORT_MAX}`);
 }
 
 export async function until<T>(what: string, probe: () => Promise<T | undefined>, ms = 20_000): Promise<T> {
