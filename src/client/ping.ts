@@ -9,6 +9,7 @@ import * as tls from "node:tls";
 import { readFileSync } from "node:fs";
 import type { ClientTlsFiles } from "./admin-client.js";
 import { commonName } from "../server/identity.js";
+import { parseHostPort } from "../server/setting-values.js";
 
 export const PING_TIMEOUT_MS = 3000;
 
@@ -41,9 +42,9 @@ function classify(e: NodeJS.ErrnoException & { code?: string }): string {
 }
 
 export function ping(address: string, files: ClientTlsFiles | undefined): Promise<PingResult> {
-  const sep = address.lastIndexOf(":");
-  const host = address.slice(0, sep).replace(/^\[|\]$/g, "");
-  const port = Number(address.slice(sep + 1));
+  const parsed = parseHostPort(address);
+  if (!parsed.ok) return Promise.resolve({ address, ok: false, rttMs: undefined, identity: undefined, reason: `not host:port: ${parsed.reason}` });
+  const { host, port } = parsed.value;
   const started = performance.now();
   return new Promise((resolve) => {
     let done = false;

@@ -856,20 +856,10 @@ function appendMode(syncMode: SyncMode): "readwrite-dsync" | "readwrite" {
   return syncMode === "fsync" ? "readwrite-dsync" : "readwrite";
 }
 
+/** A new current.segment holding only its header, made whole and durable before it is used. */
 async function createSegment(fs: FileSystem, dir: string, header: SegmentHeader, syncMode: SyncMode): Promise<Segment> {
-  const tmp = pathPosix.join(dir, CURRENT_SEGMENT_NAME + ".tmp");
-  await unlinkIfExists(fs, tmp);
-  const bytes = encodeSegmentHeader(header);
-  const created = await fs.open(tmp, "create-exclusive");
-  try {
-    await created.write(bytes, 0, bytes.length, 0);
-    await created.datasync();
-  } finally {
-    await created.close();
-  }
   const path = pathPosix.join(dir, CURRENT_SEGMENT_NAME);
-  await fs.rename(tmp, path);
-  await fs.syncDir(dir);
+  await writeFileAtomic(fs, path, encodeSegmentHeader(header));
   const seg = new Segment(header, CURRENT_SEGMENT_NAME, false, new SparseIndex(), header.baseIndex - 1, SEGMENT_HEADER_BYTES);
   seg.handle = await fs.open(path, appendMode(syncMode));
   return seg;

@@ -19,6 +19,7 @@ import * as net from "node:net";
 import * as tls from "node:tls";
 import { Duplex } from "node:stream";
 import { commonName } from "./identity.js";
+import { listenOn } from "./listen.js";
 
 const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 /** Bytes a plaintext connection may send before we decide its protocol (the HTTP/2 preface is 24). */
@@ -136,15 +137,7 @@ export class ClientListener {
   }
 
   async start(): Promise<void> {
-    const sep = this.options.listen.lastIndexOf(":");
-    const host = this.options.listen.slice(0, sep).replace(/^\[|\]$/g, "");
-    const port = Number(this.options.listen.slice(sep + 1));
-    await new Promise<void>((resolve, reject) => {
-      this.server.once("error", reject);
-      this.server.listen(port, host, () => resolve());
-    });
-    const a = this.server.address() as net.AddressInfo;
-    this.boundAddress = `${a.family === "IPv6" ? `[${a.address}]` : a.address}:${a.port}`;
+    this.boundAddress = await listenOn(this.server, this.options.listen);
   }
 
   /**

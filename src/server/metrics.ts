@@ -6,6 +6,7 @@
 
 import * as http from "node:http";
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { listenOn } from "./listen.js";
 
 export class NodeMetrics {
   readonly registry = new Registry();
@@ -65,14 +66,7 @@ export class MetricsServer {
   }
 
   async start(): Promise<void> {
-    const sep = this.listen.lastIndexOf(":");
-    const host = this.listen.slice(0, sep).replace(/^\[|\]$/g, "");
-    await new Promise<void>((resolve, reject) => {
-      this.server.once("error", reject);
-      this.server.listen(Number(this.listen.slice(sep + 1)), host, () => resolve());
-    });
-    const a = this.server.address() as import("node:net").AddressInfo;
-    this.boundAddress = `${a.family === "IPv6" ? `[${a.address}]` : a.address}:${a.port}`;
+    this.boundAddress = await listenOn(this.server, this.listen);
   }
 
   async stop(): Promise<void> {

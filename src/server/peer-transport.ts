@@ -17,6 +17,8 @@
 import * as grpc from "@grpc/grpc-js";
 import { checkServerIdentity, type PeerCertificate } from "node:tls";
 import { commonName } from "./identity.js";
+import { hostPortOf } from "./listen.js";
+import { formatHostPort } from "./setting-values.js";
 import type { Message } from "../consensus/types.js";
 import type { TransportPort } from "../consensus/driver.js";
 import type { NodeId } from "../log/types.js";
@@ -224,8 +226,7 @@ export class PeerTransport implements TransportPort {
     const port = await new Promise<number>((resolve, reject) =>
       this.server.bindAsync(this.options.listen, this.serverCredentials(), (err, p) => (err ? reject(err) : resolve(p))),
     );
-    const host = this.options.listen.slice(0, this.options.listen.lastIndexOf(":"));
-    this.boundAddress = `${host}:${port}`;
+    this.boundAddress = formatHostPort({ host: hostPortOf(this.options.listen).host, port });
     for (const address of this.options.peers) this.addPeer(address);
   }
 
