@@ -1,69 +1,31 @@
 /**
- * verity-admin's commands over the Admin API: cluster status, cluster wait-healthy, node status,
- * leader transfer, member add / promote / remove. Connection settings: `--endpoints` and the TLS
- * flags, or VERITY_ENDPOINTS, VERITY_TLS_CA, VERITY_TLS_CERT, VERITY_TLS_KEY.
+ * verity-admin's commands over the Admin API: cluster status, cluster wait-healthy, cluster ping,
+ * node status, metrics, leader transfer, member add / promote / remove. Connection settings:
+ * `--endpoints` and the TLS flags, or VERITY_ENDPOINTS, VERITY_TLS_CA, VERITY_TLS_CERT,
+ * VERITY_TLS_KEY (src/cli/admin-connection.ts). Every command takes `--json` (src/cli/admin-output.ts).
  */
 
 import type { Argv } from "yargs";
-import { AdminApi, AdminCallError, type ClientTlsFiles } from "../client/admin-client.js";
+import { AdminApi } from "../client/admin-client.js";
 import { parseDuration } from "../server/setting-values.js";
 import { ping } from "../client/ping.js";
-import { ExitCode, run } from "./common.js";
+import { ExitCode } from "./common.js";
+import {
+  api, connectionOptions, endpointsOf, fetchMetricsText, jsonOption, metricsEndpointOption, parseMetrics, splitList, tlsOf,
+  type Connection,
+} from "./admin-connection.js";
+import { UsageError, printJson, runAdmin } from "./admin-output.js";
 
-const NAME = "verity-admin";
 /** A peer the leader has not heard from for this long is reported as not seen recently. */
 const RECENT_MS = 2_000;
 /** How often wait-healthy asks again. */
 const POLL_MS = 500;
 
-const env = process.env;
-export const connectionOptions = {
-  endpoints: { type: "string", default: env.VERITY_ENDPOINTS ?? "127.0.0.1:7000", describe: "Client addresses of cluster nodes, comma-separated (env VERITY_ENDPOINTS)" },
-  "tls-ca": { type: "string", default: env.VERITY_TLS_CA, describe: "CA certificate that signed the nodes' certificates (env VERITY_TLS_CA)" },
-  "tls-cert": { type: "string", default: env.VERITY_TLS_CERT, describe: "Your client certificate, with an identity in [security] admins (env VERITY_TLS_CERT)" },
-  "tls-key": { type: "string", default: env.VERITY_TLS_KEY, describe: "Your client certificate's private key (env VERITY_TLS_KEY)" },
-  json: { type: "boolean", default: false, describe: "Print one machine-readable JSON object" },
-} as const;
-
-interface Connection {
-  endpoints: string;
-  "tls-ca"?: string;
-  "tls-cert"?: string;
-  "tls-key"?: string;
-  json: boolean;
-}
-
-function tlsOf(a: Connection): ClientTlsFiles | undefined {
-  const any = a["tls-ca"] ?? a["tls-cert"] ?? a["tls-key"];
-  if (any === undefined) return undefined;
-  if (a["tls-ca"] === undefined || a["tls-cert"] === undefined || a["tls-key"] === undefined) {
-    throw new AdminCallError(3, "give --tls-ca, --tls-cert and --tls-key together (mutual TLS), or none of them for a plaintext loopback node");
-  }
-  return { ca: a["tls-ca"], cert: a["tls-cert"], key: a["tls-key"] };
-}
-
-function endpointsOf(a: Connection): string[] {
-  return a.endpoints.split(",").map((e) => e.trim()).filter((e) => e !== "");
-}
-
-function api(a: Connection): AdminApi {
-  return new AdminApi({ endpoints: endpointsOf(a), tls: tlsOf(a) });
-}
-
-/** Runs a command body; a failed call prints what every endpoint answered and exits 1. */
-function command(body: (a: Connection) => Promise<number>): (args: unknown) => Promise<void> {
+/** Runs a command body with the parsed flags; failures are reported as admin-output.ts says (exit 1, or 2 for bad usage). */
+function command<A extends { json: boolean }>(body: (a: A) => Promise<number>): (args: unknown) => Promise<void> {
   return (args: unknown) => {
-    const a = args as Connection;
-    return run(NAME, async () => {
-      try {
-        return await body(a);
-      } catch (e) {
-        if (!(e instanceof AdminCallError)) throw e;
-        if (a.json) process.stdout.write(JSON.stringify({ ok: false, error: e.message }) + "\n");
-        process.stderr.write(`${NAME}: error: ${e.message}\n`);
-        return ExitCode.FAILED;
-      }
-    });
+    const a = args as A;
+    return runAdmin(a.json, () => body(a));
   };
 }
 
@@ -73,8 +35,8 @@ function ago(ms: number): string {
   return s < 60 ? `${s.toFixed(1)}s ago` : `${Math.round(s / 60)}m ago`;
 }
 
-type Peer = { id: number; address: string; state: string; voter: boolean; matchIndex: number; lastSeenMs: number };
-type Self = { nodeId: number; state: string; view: number; commitIndex: number; appliedIndex: number; leaderId: number; clusterAddress: string };
+export type Peer = { id: number; address: string; state: string; voter: boolean; matchIndex: number; lastSeenMs: number };
+export type Self = { nodeId: number; state: string; view: number; commitIndex: number; appliedIndex: number; leaderId: number; clusterAddress: string; clientAddress: string };
 
 function printCluster(self: Self, peers: Peer[]): void {
   const out = [
@@ -101,121 +63,64 @@ function unhealthy(self: Self, peers: Peer[]): string[] {
   return problems;
 }
 
-export function addAdminCommands(y: Argv): Argv {
-  return y
-    .command("cluster", "Cluster operations over the Admin API", (c) =>
-      c
-        .command("status", "Every member: id, role, voter, address, match index, last seen; the leader marked", (s) => s.options(connectionOptions),
-          command(async (a) => {
-            const { response } = await api(a).call("clusterStatus", {});
-            const self = response.self as Self;
-            const peers = (response.peers as Peer[]) ?? [];
-            if (a.json) process.stdout.write(JSON.stringify({ self, peers }) + "\n");
-            else printCluster(self, peers);
-            return ExitCode.OK;
-          }))
-        .command("wait-healthy", "Exit 0 once a leader exists, every member is up and caught up; 1 on timeout, saying what is missing",
-          (s) => s.options({ ...connectionOptions, timeout: { type: "string", default: "60s", describe: "How long to wait (e.g. 30s, 2m)" } }),
-          command(async (a) => {
-            const parsed = parseDuration((a as Connection & { timeout: string }).timeout);
-            if (!parsed.ok) throw new AdminCallError(3, `--timeout: ${parsed.reason}`);
-            const tls = tlsOf(a);
-            const until = Date.now() + parsed.value;
-            let missing: string[] = ["no node answered"];
-            // Bounded by --timeout.
-            while (Date.now() < until) {
-              missing = [];
-              for (const endpoint of endpointsOf(a)) {
-                // Asks every endpoint: only the leader knows how far each member is.
-                const one = await new AdminApi({ endpoints: [endpoint], tls }).call("clusterStatus", {}).catch(() => undefined);
-                const self = one?.response.self as Self | undefined;
-                if (self?.state !== "leader") continue;
-                missing = unhealthy(self, (one!.response.peers as Peer[]) ?? []);
-                if (missing.length === 0) {
-                  if (a.json) process.stdout.write(JSON.stringify({ healthy: true, leader: self.nodeId }) + "\n");
-                  else process.stdout.write(`healthy: leader node ${self.nodeId}, view ${self.view}, every member up and caught up\n`);
-                  return ExitCode.OK;
-                }
-              }
-              if (missing.length === 0) missing = ["no endpoint answered as the leader"];
-              await new Promise((r) => setTimeout(r, POLL_MS));
-            }
-            if (a.json) process.stdout.write(JSON.stringify({ healthy: false, missing }) + "\n");
-            else process.stdout.write(`not healthy after ${(a as Connection & { timeout: string }).timeout}:\n${missing.map((m) => `  - ${m}`).join("\n")}\n`);
-            return ExitCode.FAILED;
-          }))
-        .command("ping", "Reachability, TLS handshake and round-trip time of each peer's cluster address, with the reason for each failure",
-          (s) => s.options({ ...connectionOptions, peers: { type: "string", demandOption: true, describe: "Cluster addresses, comma-separated (node1:7001,node2:7001)" } }),
-          command(async (a) => {
-            const peers = (a as Connection & { peers: string }).peers.split(",").map((p) => p.trim()).filter((p) => p !== "");
-            const results = await Promise.all(peers.map((p) => ping(p, tlsOf(a))));
-            if (a.json) process.stdout.write(JSON.stringify({ ok: results.every((r) => r.ok), peers: results }) + "\n");
-            else {
-              for (const r of results) {
-                process.stdout.write(r.ok
-                  ? `  ${r.address.padEnd(24)} ok    ${r.rttMs!.toFixed(1)} ms${r.identity === undefined ? "" : `  certificate "${r.identity}"`}\n`
-                  : `  ${r.address.padEnd(24)} FAIL  ${r.reason}\n`);
-              }
-            }
-            return results.every((r) => r.ok) ? ExitCode.OK : ExitCode.FAILED;
-          }))
-        .demandCommand(1, "cluster needs a subcommand: status, wait-healthy or ping"))
-    .command(["node", "status"], "This node's status (node status, or status)", (c) =>
-      c.command("status", "This node: state, view, commit and applied index, sync mode, disk use, segments", (s) => s.options(connectionOptions), nodeStatus)
-        .options(connectionOptions), nodeStatus)
-    .command("metrics", "A node's Prometheus metrics (GET /metrics on its metrics address)",
-      (s) => s.options({
-        "metrics-endpoint": {
-          type: "string", default: env.VERITY_METRICS_ENDPOINT ?? "127.0.0.1:9090",
-          describe: "The node's metrics address host:port, its --metrics-address (env VERITY_METRICS_ENDPOINT)",
-        },
-        filter: { type: "string", describe: "Only lines containing this text (as grep would)" },
-      }),
-      (args: unknown) => {
-        const a = args as { "metrics-endpoint": string; filter?: string };
-        return run(NAME, async () => {
-          const url = `http://${a["metrics-endpoint"]}/metrics`;
-          let text: string;
-          try {
-            const res = await fetch(url, { signal: AbortSignal.timeout(5000) });
-            if (!res.ok) throw new Error(`HTTP ${res.status}`);
-            text = await res.text();
-          } catch (e) {
-            process.stderr.write(`${NAME}: error: cannot read ${url}: ${e instanceof Error ? e.message : String(e)}; is --metrics-endpoint the node's --metrics-address?\n`);
-            return ExitCode.FAILED;
-          }
-          const lines = text.split("\n").filter((l) => l !== "" && (a.filter === undefined || l.includes(a.filter)));
-          process.stdout.write(lines.join("\n") + "\n");
-          return ExitCode.OK;
-        });
-      })
-    .command("leader", "Leadership", (c) =>
-      c.command("transfer", "Hand leadership to another voter (the most caught-up one unless --to)",
-        (s) => s.options({ ...connectionOptions, to: { type: "number", default: 0, describe: "Node id to hand over to" } }),
-        command(async (a) => {
-          const { response } = await api(a).call("transferLeadership", { to: (a as Connection & { to: number }).to });
-          if (a.json) process.stdout.write(JSON.stringify(response) + "\n");
-          else process.stdout.write(`leadership moved to node ${String(response.newLeader)}\n`);
-          return ExitCode.OK;
-        }))
-        .demandCommand(1, "leader needs a subcommand: transfer"))
-    .command("member", "Membership changes, one at a time", (c) =>
-      c
-        .command("add", "Add a node as a learner, by its cluster address (start it with --join first)",
-          (s) => s.options({ ...connectionOptions, address: { type: "string", demandOption: true, describe: "The new node's cluster address host:port" } }),
-          membership("addLearner", (a) => ({ address: (a as Connection & { address: string }).address })))
-        .command("promote", "Promote a caught-up learner to voter",
-          (s) => s.options({ ...connectionOptions, "node-id": { type: "number", demandOption: true } }),
-          membership("promoteMember", (a) => ({ nodeId: (a as Connection & { "node-id": number })["node-id"] })))
-        .command("remove", "Remove a node from the cluster",
-          (s) => s.options({ ...connectionOptions, "node-id": { type: "number", demandOption: true } }),
-          membership("removeMember", (a) => ({ nodeId: (a as Connection & { "node-id": number })["node-id"] })))
-        .demandCommand(1, "member needs a subcommand: add, promote or remove"));
-}
+const clusterStatus = command<Connection>(async (a) => {
+  const { response } = await api(a).call("clusterStatus", {});
+  const self = response.self as Self;
+  const peers = (response.peers as Peer[]) ?? [];
+  if (a.json) printJson({ self, peers });
+  else printCluster(self, peers);
+  return ExitCode.OK;
+});
 
-const nodeStatus = command(async (a) => {
+const waitHealthy = command<Connection & { timeout: string }>(async (a) => {
+  const parsed = parseDuration(a.timeout);
+  if (!parsed.ok) throw new UsageError(`--timeout ${a.timeout}: ${parsed.reason}`);
+  const tls = tlsOf(a);
+  const endpoints = endpointsOf(a);
+  const until = Date.now() + parsed.value;
+  let missing: string[] = ["no node answered"];
+  // Bounded by --timeout.
+  while (Date.now() < until) {
+    missing = [];
+    for (const endpoint of endpoints) {
+      // Asks every endpoint: only the leader knows how far each member is.
+      const one = await new AdminApi({ endpoints: [endpoint], tls }).call("clusterStatus", {}).catch(() => undefined);
+      const self = one?.response.self as Self | undefined;
+      if (self?.state !== "leader") continue;
+      missing = unhealthy(self, (one!.response.peers as Peer[]) ?? []);
+      if (missing.length === 0) {
+        if (a.json) printJson({ healthy: true, leader: self.nodeId, view: self.view });
+        else process.stdout.write(`healthy: leader node ${self.nodeId}, view ${self.view}, every member up and caught up\n`);
+        return ExitCode.OK;
+      }
+    }
+    if (missing.length === 0) missing = ["no endpoint answered as the leader"];
+    await new Promise((r) => setTimeout(r, POLL_MS));
+  }
+  if (a.json) printJson({ healthy: false, missing });
+  else process.stdout.write(`not healthy after ${a.timeout}:\n${missing.map((m) => `  - ${m}`).join("\n")}\n`);
+  return ExitCode.FAILED;
+});
+
+const clusterPing = command<Connection & { peers: string }>(async (a) => {
+  const peers = splitList(a.peers);
+  if (peers.length === 0) throw new UsageError("--peers is empty: give the cluster addresses host:port to ping, comma-separated");
+  const tls = tlsOf(a);
+  const results = await Promise.all(peers.map((p) => ping(p, tls)));
+  if (a.json) printJson({ ok: results.every((r) => r.ok), peers: results });
+  else {
+    for (const r of results) {
+      process.stdout.write(r.ok
+        ? `  ${r.address.padEnd(24)} ok    ${r.rttMs!.toFixed(1)} ms${r.identity === undefined ? "" : `  certificate "${r.identity}"`}\n`
+        : `  ${r.address.padEnd(24)} FAIL  ${r.reason}\n`);
+    }
+  }
+  return results.every((r) => r.ok) ? ExitCode.OK : ExitCode.FAILED;
+});
+
+const nodeStatus = command<Connection>(async (a) => {
   const { response } = await api(a).call("nodeStatus", {});
-  if (a.json) process.stdout.write(JSON.stringify(response) + "\n");
+  if (a.json) printJson(response);
   else {
     const r = response as Record<string, unknown>;
     process.stdout.write(
@@ -230,11 +135,99 @@ const nodeStatus = command(async (a) => {
   return ExitCode.OK;
 });
 
-function membership(method: string, request: (a: Connection) => object) {
-  return command(async (a) => {
+const metrics = command<{ json: boolean; "metrics-endpoint": string; filter?: string }>(async (a) => {
+  const text = await fetchMetricsText(a["metrics-endpoint"]);
+  const lines = text.split("\n").filter((l) => l !== "" && (a.filter === undefined || l.includes(a.filter)));
+  if (a.json) printJson({ endpoint: a["metrics-endpoint"], samples: parseMetrics(lines) });
+  else process.stdout.write(lines.join("\n") + "\n");
+  return ExitCode.OK;
+});
+
+const leaderTransfer = command<Connection & { to: number }>(async (a) => {
+  const { response } = await api(a).call("transferLeadership", { to: a.to });
+  if (a.json) printJson(response);
+  else process.stdout.write(`leadership moved to node ${String(response.newLeader)}\n`);
+  return ExitCode.OK;
+});
+
+function membership<A extends Connection>(method: string, request: (a: A) => object) {
+  return command<A>(async (a) => {
     const { response } = await api(a).call(method, request(a));
-    if (a.json) process.stdout.write(JSON.stringify(response) + "\n");
+    if (a.json) printJson(response);
     else process.stdout.write(`membership now (entry ${String(response.index)}): voters ${JSON.stringify(response.voters)}, learners ${JSON.stringify(response.learners)}\n`);
     return ExitCode.OK;
   });
+}
+
+const nodeIdOption = { "node-id": { type: "number", demandOption: true, describe: "The member's node id (as cluster status shows it)" } } as const;
+
+function positiveNodeId(a: { "node-id": number }): true {
+  if (!Number.isSafeInteger(a["node-id"]) || a["node-id"] < 1) throw new Error("--node-id must be a positive integer");
+  return true;
+}
+
+function addClusterCommands(c: Argv): Argv {
+  return c
+    .command("status", "Every member: id, role, voter, address, match index, last seen; the leader marked",
+      (s) => s.options(connectionOptions)
+        .example("$0 cluster status", "The cluster as the node on 127.0.0.1:7000 sees it")
+        .example("$0 cluster status --endpoints node1:7000,node2:7000 --tls-ca ca.crt --tls-cert admin.crt --tls-key admin.key --json", "With mutual TLS, as JSON"),
+      clusterStatus)
+    .command("wait-healthy", "Exit 0 once a leader exists, every member is up and caught up; 1 on timeout, saying what is missing",
+      (s) => s.options({ ...connectionOptions, timeout: { type: "string", default: "60s", describe: "How long to wait (e.g. 30s, 2m)" } })
+        .example("$0 cluster wait-healthy --timeout 2m", "After restarting a node in a rolling upgrade"),
+      waitHealthy)
+    .command("ping", "Reachability, TLS handshake and round-trip time of each peer's cluster address, with the reason for each failure",
+      (s) => s.options({ ...connectionOptions, peers: { type: "string", demandOption: true, describe: "Cluster addresses, comma-separated (node1:7001,node2:7001)" } })
+        .example("$0 cluster ping --peers node1:7001,node2:7001,node3:7001", "When a cluster won't form"),
+      clusterPing)
+    .example("$0 cluster status", "Every member and the leader")
+    .demandCommand(1, "cluster needs a subcommand: status, wait-healthy or ping");
+}
+
+function addMemberCommands(c: Argv): Argv {
+  return c
+    .command("add", "Add a node as a learner, by its cluster address (start it with --join first)",
+      (s) => s.options({ ...connectionOptions, address: { type: "string", demandOption: true, describe: "The new node's cluster address host:port" } })
+        .example("$0 member add --address node4:7001", "Add the node started with --join on node4"),
+      membership<Connection & { address: string }>("addLearner", (a) => ({ address: a.address })))
+    .command("promote", "Promote a caught-up learner to voter",
+      (s) => s.options({ ...connectionOptions, ...nodeIdOption }).check(positiveNodeId)
+        .example("$0 member promote --node-id 4", "Make learner 4 a voter once cluster status shows it caught up"),
+      membership<Connection & { "node-id": number }>("promoteMember", (a) => ({ nodeId: a["node-id"] })))
+    .command("remove", "Remove a node from the cluster",
+      (s) => s.options({ ...connectionOptions, ...nodeIdOption }).check(positiveNodeId)
+        .example("$0 member remove --node-id 3", "Take node 3 out of the cluster before retiring it"),
+      membership<Connection & { "node-id": number }>("removeMember", (a) => ({ nodeId: a["node-id"] })))
+    .example("$0 member add --address node4:7001", "Add a learner")
+    .demandCommand(1, "member needs a subcommand: add, promote or remove");
+}
+
+export function addAdminCommands(y: Argv): Argv {
+  return y
+    .command("cluster", "Cluster operations over the Admin API", addClusterCommands)
+    .command(["node", "status"], "This node's status (node status, or status)", (c) =>
+      c.command("status", "This node: state, view, commit and applied index, sync mode, disk use, segments",
+        (s) => s.options(connectionOptions).example("$0 node status --endpoints node2:7000", "Node 2's own view"), nodeStatus)
+        .options(connectionOptions)
+        .example("$0 status | grep -E \"(commit_index|applied_index)\"", "Projection lag, as the guide checks it")
+        .example("$0 node status --json", "The node's status as JSON"), nodeStatus)
+    .command("metrics", "A node's Prometheus metrics (GET /metrics on its metrics address)",
+      (s) => s.options({
+        ...metricsEndpointOption,
+        filter: { type: "string", describe: "Only lines containing this text (as grep would)" },
+        ...jsonOption,
+      })
+        .example("$0 metrics | grep consensus_duration", "Consensus timing, when writes are slow")
+        .example("$0 metrics --metrics-endpoint node2:9090 --filter verity_consensus --json", "Node 2's consensus samples as JSON"),
+      metrics)
+    .command("leader", "Leadership", (c) =>
+      c.command("transfer", "Hand leadership to another voter (the most caught-up one unless --to)",
+        (s) => s.options({ ...connectionOptions, to: { type: "number", default: 0, describe: "Node id to hand over to (0: the most caught-up voter)" } })
+          .example("$0 leader transfer", "Before stopping the leader")
+          .example("$0 leader transfer --to 2", "Hand leadership to node 2"),
+        leaderTransfer)
+        .example("$0 leader transfer --to 2", "Hand leadership to node 2")
+        .demandCommand(1, "leader needs a subcommand: transfer"))
+    .command("member", "Membership changes, one at a time", addMemberCommands);
 }

@@ -1,17 +1,21 @@
 /**
- * verity-admin: cluster and node operations, and offline checks of a data directory.
- * This build has the offline log tools: `log verify`, `log dump` and `verify`.
+ * verity-admin: cluster and node operations over the Admin API (admin-commands.ts), offline checks
+ * of a data directory (`log verify`, `log dump`, `verify`), `doctor` (admin-doctor.ts) and
+ * `diagnostics export` (admin-diagnostics.ts). Every command takes `--json`; exit codes are 0 ok,
+ * 1 a check failed or the operation was refused, 2 bad usage (admin-output.ts, docs/admin.md).
  */
 
 import { join } from "node:path";
 import { hideBin } from "yargs/helpers";
 import { NodeFileSystem } from "../log/node-fs.js";
 import { dumpLog, verifyLog, type VerifyReport } from "../log/offline.js";
-import { ExitCode, cli, formatBytes, run } from "./common.js";
+import { ExitCode, cli, formatBytes } from "./common.js";
 import { FailedPreconditionError } from "../errors.js";
 import { addAdminCommands } from "./admin-commands.js";
+import { jsonOption } from "./admin-connection.js";
+import { ADMIN_NAME, printJson, runAdmin, usageFailure } from "./admin-output.js";
 
-const NAME = "verity-admin";
+const NAME = ADMIN_NAME;
 
 async function logDirOf(dataDir: string): Promise<string> {
   const fs = new NodeFileSystem();
@@ -54,7 +58,7 @@ function printVerify(report: VerifyReport, title: string): void {
 
 async function verifyCommand(dataDir: string, json: boolean, title: string): Promise<number> {
   const report = await verifyLog(new NodeFileSystem(), await logDirOf(dataDir));
-  if (json) process.stdout.write(JSON.stringify(report) + "\n");
+  if (json) printJson(report);
   else printVerify(report, title);
   return report.ok ? ExitCode.OK : ExitCode.FAILED;
 }
@@ -102,7 +106,7 @@ function printable(payload: Buffer): string {
 
 const dataDirOption = {
   "data-dir": { type: "string", demandOption: true, describe: "The node's data directory (the one holding log/)" },
-  json: { type: "boolean", default: false, describe: "Print one machine-readable JSON object" },
+  ...jsonOption,
 } as const;
 
 export async function main(argv: string[]): Promise<void> {
@@ -112,33 +116,43 @@ export async function main(argv: string[]): Promise<void> {
         .command(
           "verify",
           "Check every segment: headers, checksums, dense indexes, non-decreasing terms",
-          (c) => c.options(dataDirOption),
-          (a) => run(NAME, () => verifyCommand(a["data-dir"], a.json, "log verify")),
+          (c) => c.options(dataDirOption)
+            .example("$0 log verify --data-dir /var/lib/verity", "Check the log of a stopped node")
+            .example("$0 log verify --data-dir /var/lib/verity --json", "The full report as JSON"),
+          (a) => runAdmin(a.json, () => verifyCommand(a["data-dir"], a.json, "log verify")),
         )
         .command(
           "dump",
-          "Print the log's records",
+          "Print the log's records (with --json: one JSON object per record, a line each)",
           (c) =>
             c.options({
               ...dataDirOption,
               from: { type: "number", default: 1, describe: "First index to print" },
               limit: { type: "number", default: 100, describe: "How many records at most" },
-            }).check((a) => {
+            })
+              .example("$0 log dump --data-dir /var/lib/verity --from 12340 --limit 10", "Ten records from index 12340")
+              .example("$0 log dump --data-dir /var/lib/verity --json | jq .index", "Records as JSON lines")
+              .check((a) => {
               if (!Number.isSafeInteger(a.from) || a.from < 1) throw new Error("--from must be a positive integer");
               if (!Number.isSafeInteger(a.limit) || a.limit < 1) throw new Error("--limit must be a positive integer");
               return true;
             }),
-          (a) => run(NAME, () => dumpCommand(a["data-dir"], a.from, a.limit, a.json)),
+          (a) => runAdmin(a.json, () => dumpCommand(a["data-dir"], a.from, a.limit, a.json)),
         )
+        .example("$0 log verify --data-dir /var/lib/verity", "Log integrity check")
         .demandCommand(1, "log needs a subcommand: verify or dump"),
     )
     .command(
       "verify",
       "Check a data directory (log integrity now; projection checks join with projections)",
-      (c) => c.options(dataDirOption),
-      (a) => run(NAME, () => verifyCommand(a["data-dir"], a.json, "verify")),
+      (c) => c.options(dataDirOption).example("$0 verify --data-dir /var/lib/verity", "After verity-restore, before starting the node"),
+      (a) => runAdmin(a.json, () => verifyCommand(a["data-dir"], a.json, "verify")),
     )
-    .demandCommand(1, "a command is required");
+    .example("$0 cluster status", "Every member of the cluster and its leader")
+    .example("$0 doctor --config /etc/verity/config.toml", "Check what the troubleshooting guide checks by hand")
+    .epilogue("Exit codes: 0 ok, 1 a check failed or the operation was refused, 2 bad usage. Every command takes --json. See docs/admin.md.")
+    .demandCommand(1, "a command is required")
+    .fail(usageFailure(argv));
   await addAdminCommands(parser).parseAsync();
 }
 
