@@ -4,18 +4,14 @@
  * operation that needs the leader, is skipped for the next.
  */
 
-import { readFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import { ADMIN_SERVICE } from "../server/admin-service.js";
+import { clientCredentials, targetOf, type ClientTlsFiles } from "./channel.js";
 
 /** How long one call may take (a membership change waits for its commit on the server). */
 export const ADMIN_CALL_TIMEOUT_MS = 20_000;
 
-export interface ClientTlsFiles {
-  ca: string;
-  cert: string;
-  key: string;
-}
+export type { ClientTlsFiles } from "./channel.js";
 
 export interface AdminClientOptions {
   endpoints: readonly string[];
@@ -41,10 +37,7 @@ export class AdminApi {
   private readonly credentials: grpc.ChannelCredentials;
 
   constructor(private readonly options: AdminClientOptions) {
-    const tls = options.tls;
-    this.credentials = tls === undefined
-      ? grpc.credentials.createInsecure()
-      : grpc.credentials.createSsl(readFileSync(tls.ca), readFileSync(tls.key), readFileSync(tls.cert));
+    this.credentials = clientCredentials(options.tls);
   }
 
   /** Calls `method` on the first endpoint that answers it (UNAVAILABLE moves on to the next). */
@@ -52,9 +45,7 @@ export class AdminApi {
     const failures: string[] = [];
     let lastCode: number = grpc.status.UNAVAILABLE;
     for (const endpoint of this.options.endpoints) {
-      // A host name, not an IP, as the TLS server name (certificates name localhost and 127.0.0.1).
-      const target = endpoint.replace(/^127\.0\.0\.1:/, "localhost:");
-      const stub = new AdminStub(target, this.credentials) as unknown as Stub;
+      const stub = new AdminStub(targetOf(endpoint), this.credentials) as unknown as Stub;
       try {
         const response = await new Promise<Record<string, unknown>>((resolve, reject) =>
           stub[method]!(request, { deadline: new Date(Date.now() + ADMIN_CALL_TIMEOUT_MS) }, (e, r) => (e ? reject(e) : resolve(r))),

@@ -6,11 +6,10 @@
  */
 
 import * as grpc from "@grpc/grpc-js";
-import type protobuf from "protobufjs";
 import { grpcStatusOf, type ErrorCode } from "../errors.js";
 import type { NodeId } from "../log/types.js";
 import type { MembershipChange } from "../consensus/types.js";
-import { protoType } from "./proto.js";
+import { grpcMethod } from "./grpc-methods.js";
 
 /** What the service needs from the node (src/server/node.ts implements it). */
 export interface AdminTarget {
@@ -37,28 +36,7 @@ export class AdminError extends Error {
   }
 }
 
-function codec(name: string) {
-  let type: protobuf.Type | undefined;
-  const t = (): protobuf.Type => (type ??= protoType(name));
-  return {
-    serialize: (o: Record<string, unknown>): Buffer => Buffer.from(t().encode(t().fromObject(o)).finish()),
-    deserialize: (b: Buffer): Record<string, unknown> => t().toObject(t().decode(b), { longs: Number, defaults: true }) as Record<string, unknown>,
-  };
-}
-
-function unary(method: string, request: string, response: string): grpc.MethodDefinition<Record<string, unknown>, Record<string, unknown>> {
-  const req = codec(request);
-  const res = codec(response);
-  return {
-    path: `/verity.v1.Admin/${method}`,
-    requestStream: false,
-    responseStream: false,
-    requestSerialize: req.serialize,
-    requestDeserialize: req.deserialize,
-    responseSerialize: res.serialize,
-    responseDeserialize: res.deserialize,
-  };
-}
+const unary = (method: string, request: string, response: string) => grpcMethod("Admin", method, request, response);
 
 export const ADMIN_SERVICE: grpc.ServiceDefinition = {
   clusterStatus: unary("ClusterStatus", "ClusterStatusRequest", "ClusterStatusResponse"),

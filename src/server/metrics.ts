@@ -35,6 +35,24 @@ export class NodeMetrics {
     labelNames: ["peer"],
     registers: [this.registry],
   });
+  readonly writeSeconds = new Histogram({
+    name: "verity_write_duration_seconds",
+    help: "Append calls on this node, from arrival to answer (forwarding and commit included), by gRPC status",
+    labelNames: ["status"],
+    buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [this.registry],
+  });
+  readonly querySeconds = new Histogram({
+    name: "verity_query_duration_seconds",
+    help: "Read calls on this node (Read, ReadAll), read point included, by method and gRPC status",
+    labelNames: ["method", "status"],
+    buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [this.registry],
+  });
+  readonly appendedEvents = new Counter({ name: "verity_events_appended_total", help: "Events appended to streams (applied on this node)", registers: [this.registry] });
+  readonly readEvents = new Counter({ name: "verity_events_read_total", help: "Events returned by reads on this node", labelNames: ["method"], registers: [this.registry] });
+  readonly forwardedWrites = new Counter({ name: "verity_forwarded_writes_total", help: "Appends this node forwarded to the leader", registers: [this.registry] });
+  readonly activeTenants = new Gauge({ name: "verity_active_tenants", help: "Tenants with at least one stream", registers: [this.registry] });
   readonly appliedPosition = new Gauge({ name: "verity_projection_applied_position", help: "Last log position applied on this node", registers: [this.registry] });
   readonly authFailures = new Counter({
     name: "verity_auth_failures_total",

@@ -26,7 +26,7 @@ import { Xoshiro128StarStar } from "../consensus/prng.js";
 import { Role, type MembershipConfig } from "../consensus/types.js";
 import { membershipConfig } from "../consensus/membership.js";
 import type { DataDir } from "../log/data-dir.js";
-import { FailedPreconditionError } from "../errors.js";
+import { ErrorCode, FailedPreconditionError, VerityError } from "../errors.js";
 import type { NodeId } from "../log/types.js";
 import { INFLIGHT_BYTES_MAX, INFLIGHT_MESSAGES_MAX, APPEND_RPC_BYTES_MAX } from "../limits.js";
 import { ClientListener } from "./client-listener.js";
@@ -41,6 +41,12 @@ import { join } from "node:path";
 import { formatHostPort } from "./setting-values.js";
 import type { Settings } from "./settings.js";
 import { forTarget } from "../logger.js";
+import { EventStore } from "../projections/event-store.js";
+import { EventStateMachine } from "./event-apply.js";
+import { DataPlane } from "./data-plane.js";
+import { CLIENT_SERVICE, clientHandlers, type ClientServiceTarget } from "./client-service.js";
+import type { ClientGrant } from "./setting-kinds.js";
+import { BATCH_BYTES_MAX } from "../limits.js";
 
 /** Length of one consensus tick. */
 export const TICK_MS = 10;
@@ -65,9 +71,11 @@ const ROLE_NAMES: Record<Role, string> = {
   [Role.PRE_CANDIDATE]: "candidate",
 };
 
-export class VerityNode implements AdminTarget {
+/** Room above the largest batch for the rest of an Append request. */
+const GRPC_MESSAGE_BYTES_MAX = BATCH_BYTES_MAX + 1024 * 1024;
+
+export class VerityNode implements AdminTarget, ClientServiceTarget {
   private ticker: NodeJS.Timeout | undefined;
-  private applied = 0;
   private readonly lastSeen = new Map<number, number>();
   private peerAuthFailuresCounted = 0;
   /** Called when the node can no longer run (the driver stopped on a failure). */
@@ -85,7 +93,13 @@ export class VerityNode implements AdminTarget {
     readonly metricsServer: MetricsServer,
     private readonly health: HealthImplementation,
     readonly tlsEnabled: boolean,
+    readonly stateMachine: EventStateMachine,
+    readonly dataPlane: DataPlane,
   ) {}
+
+  private get applied(): number {
+    return this.stateMachine.appliedIndex;
+  }
 
   /** The cluster id the first members of a cluster derive (undefined for a single node: a random one). */
   static clusterIdFor(settings: Settings): string | undefined {
@@ -127,14 +141,55 @@ export class VerityNode implements AdminTarget {
       nodeId, clusterId: dir.meta.clusterId, listen: clusterAddress, peers, tls, nodeIdentities: settings.security.nodes,
       onMessages: (messages) => ref.node?.receive(messages),
       logger: forTarget(root, "verity_cluster"),
+      requests: {
+        forwardAppend: async (request) => ({ ...(await started().dataPlane.appendForwarded(request)) }),
+        readIndex: () => started().dataPlane.readIndex(),
+      },
+    });
+    const started = (): VerityNode => {
+      if (ref.node === undefined) throw new VerityError(ErrorCode.UNAVAILABLE, "the node is still starting; retry shortly");
+      return ref.node;
+    };
+    const store = EventStore.open(settings.storage.dataDir);
+    if (store.appliedPosition > dir.log.lastIndex) {
+      store.close();
+      throw new FailedPreconditionError(
+        `the event index (${store.path}) has applied up to position ${store.appliedPosition}, beyond the log's last index ${dir.log.lastIndex}: ` +
+          "it belongs to another copy of this data directory. Stop the node, move the state/ directory aside, and start again to rebuild it from the log",
+      );
+    }
+    const consensusLogger = forTarget(root, "verity_consensus");
+    const metrics = new NodeMetrics();
+    const stateMachine = new EventStateMachine(store, consensusLogger, (d) => {
+      if (d.kind === "appended") metrics.appendedEvents.inc(d.events.length);
+    });
+    const dataPlane = new DataPlane({
+      driver: () => ref.node?.driver,
+      transport,
+      stateMachine,
+      log: dir.log,
+      limits: { recordBytesMax: settings.limits.recordBytesMax, batchBytesMax: settings.limits.batchBytesMax },
+      nodeId,
+      onForwarded: () => metrics.forwardedWrites.inc(),
     });
     await transport.start();
-    const metrics = new NodeMetrics();
-    const grpcServer = new grpc.Server();
+    const grpcServer = new grpc.Server({ "grpc.max_receive_message_length": GRPC_MESSAGE_BYTES_MAX });
     // Services are registered before any connection arrives; they reach the node once it exists.
     const health = new HealthImplementation({ "": "NOT_SERVING" });
     health.addToServer(grpcServer);
     grpcServer.addService(ADMIN_SERVICE, adminHandlers(lateAdminTarget(() => ref.node), () => metrics.authFailures.inc({ port: "client" })));
+    grpcServer.addService(
+      CLIENT_SERVICE,
+      clientHandlers(() => ref.node, {
+        onAuthFailure: () => metrics.authFailures.inc({ port: "client" }),
+        onCall: (method, code, seconds, events) => {
+          const status = grpc.status[code] ?? String(code);
+          if (method === "append") metrics.writeSeconds.observe({ status }, seconds);
+          else metrics.querySeconds.observe({ method, status }, seconds);
+          if (events > 0 && method !== "append") metrics.readEvents.inc({ method }, events);
+        },
+      }),
+    );
     const listener = new ClientListener({
       onAuthFailure: () => metrics.authFailures.inc({ port: "client" }),
       listen: formatHostPort(settings.server.bindAddress),
@@ -151,7 +206,7 @@ export class VerityNode implements AdminTarget {
     await listener.start();
     const metricsServer = new MetricsServer(metrics, formatHostPort(settings.telemetry.metricsAddress), () => ref.node?.refreshGauges());
     await metricsServer.start();
-    const node = new VerityNode(settings, logger, forTarget(root, "verity_consensus"), dir, transport, undefined, listener, metrics, metricsServer, health, tls !== undefined);
+    const node = new VerityNode(settings, logger, consensusLogger, dir, transport, undefined, listener, metrics, metricsServer, health, tls !== undefined, stateMachine, dataPlane);
     ref.node = node;
     logger.info(
       {
@@ -213,7 +268,7 @@ export class VerityNode implements AdminTarget {
         prng: new Xoshiro128StarStar(Number.parseInt(randomUUID().slice(0, 8), 16)),
         onEvent: (line) => this.consensusLogger.info({}, line),
       },
-      await startStateFromDisk(this.dir, bootstrap),
+      await startStateFromDisk(this.dir, bootstrap, this.stateMachine.store.appliedPosition),
     );
     const m = this.metrics;
     this.driver = new RaftDriver(core, {
@@ -223,7 +278,7 @@ export class VerityNode implements AdminTarget {
       transport: this.transport,
       stateMachine: {
         apply: (entries) => {
-          this.applied = entries[entries.length - 1]!.index;
+          this.stateMachine.apply(entries);
           m.commits.inc(entries.length);
           m.appliedPosition.set(this.applied);
         },
@@ -235,6 +290,7 @@ export class VerityNode implements AdminTarget {
           this.consensusLogger.info({ state: ROLE_NAMES[s.role], leader: s.leader, view: core.hardState().term }, "role changed");
         },
         onHardState: (h) => m.view.set(h.term),
+        onReadStates: (states) => this.dataPlane.onReadStates(states),
         onPhase: (phase, ms) => m.consensusSeconds.observe({ phase }, ms / 1000),
         onFailure: (e) => {
           // A node that cannot persist must not go on answering as if healthy: stop it, so that a
@@ -270,6 +326,7 @@ export class VerityNode implements AdminTarget {
     if (s === undefined) return;
     this.metrics.view.set(s.term);
     this.metrics.leader.set(s.leader);
+    this.metrics.activeTenants.set(this.stateMachine.store.tenantCount());
     this.metrics.followerLag.reset();
     if (s.role === Role.LEADER) {
       for (const p of s.progress) if (p.id !== s.id) this.metrics.followerLag.set({ peer: String(p.id) }, Math.max(0, s.lastIndex - p.match));
@@ -283,6 +340,10 @@ export class VerityNode implements AdminTarget {
 
   get adminIdentities(): readonly string[] {
     return this.settings.security.admins;
+  }
+
+  get clientGrants(): readonly ClientGrant[] {
+    return this.settings.security.clients;
   }
 
   identityOf(peer: string): string | undefined {
@@ -447,9 +508,12 @@ export class VerityNode implements AdminTarget {
     }
     clearInterval(this.ticker);
     await d?.stop();
+    this.stateMachine.failPending("the node is stopping before the append committed; its outcome is unknown: retry with the same request id on another endpoint");
+    this.dataPlane.stop();
     await this.listener.stop();
     await this.metricsServer.stop();
     await this.transport.stop();
+    this.stateMachine.store.close();
     await this.dir.close();
   }
 }

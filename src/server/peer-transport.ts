@@ -25,6 +25,8 @@ import type { NodeId } from "../log/types.js";
 import { decodeRaftBatch, encodeRaftBatch, type DecodeResult } from "./peer-codec.js";
 import { CLUSTER_NODES_MAX } from "../limits.js";
 import { protoType } from "./proto.js";
+import { grpcMethod, toServiceError, type Plain } from "./grpc-methods.js";
+import { ErrorCode, VerityError } from "../errors.js";
 
 /** Batches waiting in one link's stream buffer at most; more are dropped (Raft retransmits). */
 export const PEER_LINK_PENDING_BATCHES_MAX = 1024;
@@ -76,10 +78,23 @@ export const PEER_SERVICE: grpc.ServiceDefinition = {
     responseSerialize: () => Buffer.alloc(0),
     responseDeserialize: () => ({}),
   },
+  forwardAppend: grpcMethod("Peer", "ForwardAppend", "AppendRequest", "AppendResponse"),
+  readIndex: grpcMethod("Peer", "ReadIndex", "ReadIndexRequest", "ReadIndexResponse"),
 };
 
+/** Client requests one node asks the leader to carry out (proto/verity/v1/peer.proto). */
+export interface PeerRequestHandlers {
+  /** Appends a client's batch (this node leads) and answers with its AppendResponse. */
+  forwardAppend(request: Plain): Promise<Plain>;
+  /** A linearizable read point (this node leads). */
+  readIndex(): Promise<number>;
+}
+
 const PeerClient = grpc.makeGenericClientConstructor(PEER_SERVICE, "Peer");
+type UnaryStub = (req: Plain, options: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: Plain) => void) => grpc.ClientUnaryCall;
 type PeerClientInstance = InstanceType<typeof PeerClient> & {
+  forwardAppend: UnaryStub;
+  readIndex: UnaryStub;
   hello(req: Partial<Hello>, options: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: Hello) => void): grpc.ClientUnaryCall;
   raft(cb: (err: grpc.ServiceError | null) => void): grpc.ClientWritableStream<readonly Message[]>;
 };
@@ -106,6 +121,8 @@ export interface PeerTransportOptions {
   nodeIdentities?: readonly string[];
   /** Called with the messages of each valid batch addressed to this node. */
   onMessages: (messages: Message[]) => void;
+  /** Serves the requests followers forward to this node when it leads. */
+  requests?: PeerRequestHandlers;
   logger?: TransportLogger;
 }
 
@@ -222,6 +239,10 @@ export class PeerTransport implements TransportPort {
     this.server.addService(PEER_SERVICE, {
       hello: (call: grpc.ServerUnaryCall<Hello, Hello>, cb: grpc.sendUnaryData<Partial<Hello>>) => this.onHello(call, cb),
       raft: (call: grpc.ServerReadableStream<DecodeResult, unknown>, cb: grpc.sendUnaryData<unknown>) => this.onRaft(call, cb),
+      forwardAppend: (call: grpc.ServerUnaryCall<Plain, Plain>, cb: grpc.sendUnaryData<Plain>) =>
+        this.serveRequest(call, cb, (h) => h.forwardAppend(call.request)),
+      readIndex: (call: grpc.ServerUnaryCall<Plain, Plain>, cb: grpc.sendUnaryData<Plain>) =>
+        this.serveRequest(call, cb, async (h) => ({ index: await h.readIndex() })),
     });
     const port = await new Promise<number>((resolve, reject) =>
       this.server.bindAsync(this.options.listen, this.serverCredentials(), (err, p) => (err ? reject(err) : resolve(p))),
@@ -268,6 +289,20 @@ export class PeerTransport implements TransportPort {
       if (link.write(batch)) this.stats.sent += batch.length;
       else this.stats.droppedBackpressure += batch.length;
     }
+  }
+
+  /**
+   * Asks peer `to` to carry out a client request (it should be the leader). Rejects with the
+   * peer's gRPC status, or UNAVAILABLE when there is no link to it.
+   */
+  request(to: NodeId, method: "forwardAppend" | "readIndex", request: Plain, timeoutMs: number): Promise<Plain> {
+    const client = this.byId.get(to)?.client;
+    if (client === undefined) {
+      return Promise.reject(new VerityError(ErrorCode.UNAVAILABLE, `no connection to the leader (node ${to}) from this node yet; retry shortly, or use another endpoint`));
+    }
+    return new Promise<Plain>((resolve, reject) =>
+      client[method](request, { deadline: new Date(Date.now() + timeoutMs) }, (err, res) => (err !== null ? reject(err) : resolve(res ?? {}))),
+    );
   }
 
   /** Closes every link, then the server: gracefully for PEER_SHUTDOWN_GRACE_MS, then by force. */
@@ -351,6 +386,23 @@ export class PeerTransport implements TransportPort {
     // A node we do not dial yet (a new member) is dialed back at the address it gave.
     if (req.clusterAddress !== "" && !this.byId.has(req.nodeId as NodeId)) this.addPeer(req.clusterAddress);
     cb(null, this.hello());
+  }
+
+  private serveRequest(call: grpc.ServerUnaryCall<Plain, Plain>, cb: grpc.sendUnaryData<Plain>, body: (h: PeerRequestHandlers) => Promise<Plain>): void {
+    const refused = this.refuseUnlessNode(call);
+    if (refused !== undefined) {
+      cb({ code: grpc.status.PERMISSION_DENIED, details: refused });
+      return;
+    }
+    const handlers = this.options.requests;
+    if (handlers === undefined) {
+      cb({ code: grpc.status.UNAVAILABLE, details: "this node is still starting; retry shortly" });
+      return;
+    }
+    body(handlers).then(
+      (res) => cb(null, res),
+      (e: unknown) => cb(toServiceError(e)),
+    );
   }
 
   private onRaft(call: grpc.ServerReadableStream<DecodeResult, unknown>, cb: grpc.sendUnaryData<unknown>): void {

@@ -1,0 +1,192 @@
+/**
+ * The replicated event index (docs/design/events.md): stream versions, each event's stream and
+ * version by position, and the outcomes of recent request ids, in one SQLite database
+ * (`<data_dir>/state/events.sqlite`, better-sqlite3). Event bodies stay in the log; this maps
+ * positions to streams and versions so reads can find them.
+ *
+ * Every decided batch is written together with the applied position in one transaction, so after
+ * a crash the database is exactly the state after some applied position, and apply resumes after
+ * it by replaying the log. SQLite runs in WAL mode with `synchronous = NORMAL`: a crash may lose
+ * the last transactions (they are replayed from the fsync'd log), never tear one.
+ *
+ * Request ids are remembered for the last REQUEST_IDS_PER_TENANT_MAX decided batches of each
+ * tenant, counted per tenant in log order, so every node forgets the same ones at the same point.
+ */
+
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import Database from "better-sqlite3";
+import { REQUEST_IDS_PER_TENANT_MAX } from "../limits.js";
+import { FailedPreconditionError, invariant } from "../errors.js";
+import type { BatchOutcome, Decision, EventStateView } from "./apply-events.js";
+
+/** Forgotten request ids are deleted once this many more batches of their tenant were decided. */
+const REQUEST_GC_EVERY = 1024;
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS applied (id INTEGER PRIMARY KEY CHECK (id = 1), position INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS streams (
+  tenant TEXT NOT NULL, stream TEXT NOT NULL, version INTEGER NOT NULL,
+  PRIMARY KEY (tenant, stream)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+  tenant TEXT NOT NULL, position INTEGER NOT NULL, stream TEXT NOT NULL, version INTEGER NOT NULL,
+  PRIMARY KEY (tenant, position)) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_stream ON events (tenant, stream, version);
+CREATE TABLE IF NOT EXISTS tenant_batches (tenant TEXT PRIMARY KEY, decided INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS requests (
+  tenant TEXT NOT NULL, request_id TEXT NOT NULL, seq INTEGER NOT NULL, outcome TEXT NOT NULL,
+  PRIMARY KEY (tenant, request_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS requests_by_seq ON requests (tenant, seq);
+`;
+
+export interface IndexedEvent {
+  readonly position: number;
+  readonly stream: string;
+  readonly version: number;
+}
+
+export interface StreamSummary {
+  readonly tenant: string;
+  readonly streams: number;
+  readonly events: number;
+}
+
+export class EventStore implements EventStateView {
+  private readonly statements;
+  private applied: number;
+
+  private constructor(
+    private readonly db: Database.Database,
+    readonly path: string,
+  ) {
+    const s = (sql: string) => db.prepare(sql);
+    this.statements = {
+      applied: s("SELECT position FROM applied WHERE id = 1"),
+      setApplied: s("INSERT INTO applied (id, position) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET position = excluded.position"),
+      version: s("SELECT version FROM streams WHERE tenant = ? AND stream = ?").pluck(),
+      setVersion: s("INSERT INTO streams (tenant, stream, version) VALUES (?, ?, ?) ON CONFLICT (tenant, stream) DO UPDATE SET version = excluded.version"),
+      addEvent: s("INSERT INTO events (tenant, position, stream, version) VALUES (?, ?, ?, ?)"),
+      decided: s("SELECT decided FROM tenant_batches WHERE tenant = ?").pluck(),
+      setDecided: s("INSERT INTO tenant_batches (tenant, decided) VALUES (?, ?) ON CONFLICT (tenant) DO UPDATE SET decided = excluded.decided"),
+      outcome: s("SELECT seq, outcome FROM requests WHERE tenant = ? AND request_id = ?"),
+      addOutcome: s("INSERT INTO requests (tenant, request_id, seq, outcome) VALUES (?, ?, ?, ?) ON CONFLICT (tenant, request_id) DO UPDATE SET seq = excluded.seq, outcome = excluded.outcome"),
+      forget: s("DELETE FROM requests WHERE tenant = ? AND seq <= ?"),
+      streamEvents: s("SELECT position, stream, version FROM events WHERE tenant = ? AND stream = ? AND version >= ? ORDER BY version LIMIT ?"),
+      tenantEvents: s("SELECT position, stream, version FROM events WHERE tenant = ? AND position >= ? ORDER BY position LIMIT ?"),
+      tenantStreamEvents: s("SELECT position, stream, version FROM events WHERE tenant = ? AND stream = ? AND position >= ? ORDER BY position LIMIT ?"),
+      tenantCount: s("SELECT COUNT(DISTINCT tenant) FROM streams").pluck(),
+      tenants: s("SELECT tenant, COUNT(*) AS streams, SUM(version + 1) AS events FROM streams GROUP BY tenant ORDER BY tenant"),
+    };
+    const row = this.statements.applied.get() as { position: number } | undefined;
+    this.applied = row?.position ?? 0;
+  }
+
+  /** Opens (creating when new) the event index of the data directory `dataDir`. */
+  static open(dataDir: string): EventStore {
+    const dir = join(dataDir, "state");
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const path = join(dir, "events.sqlite");
+    let db: Database.Database;
+    try {
+      db = new Database(path);
+      db.pragma("journal_mode = WAL");
+      db.pragma("synchronous = NORMAL");
+      db.exec(SCHEMA);
+    } catch (e) {
+      const message = e instanceof Error ? e.message : String(e);
+      throw new FailedPreconditionError(
+        `the event index ${path} cannot be opened (${message}). It is derived from the log: ` +
+          "stop the node, move the state/ directory aside, and start it again to rebuild it",
+        { cause: e },
+      );
+    }
+    return new EventStore(db, path);
+  }
+
+  /** Every log position up to this one is reflected here. */
+  get appliedPosition(): number {
+    return this.applied;
+  }
+
+  lastVersion(tenant: string, stream: string): number | undefined {
+    const v = this.statements.version.get(tenant, stream) as number | undefined;
+    return v ?? undefined;
+  }
+
+  outcome(tenant: string, requestId: string): BatchOutcome | undefined {
+    const row = this.statements.outcome.get(tenant, requestId) as { seq: number; outcome: string } | undefined;
+    if (row === undefined) return undefined;
+    const decided = (this.statements.decided.get(tenant) as number | undefined) ?? 0;
+    if (row.seq <= decided - REQUEST_IDS_PER_TENANT_MAX) return undefined;
+    return JSON.parse(row.outcome) as BatchOutcome;
+  }
+
+  /**
+   * Runs `body` (which feeds entries to the assembler and records its decisions with `record`)
+   * and stores `appliedThrough()` in the same transaction.
+   */
+  transaction(body: () => void, appliedThrough: () => number): void {
+    this.db.transaction(() => {
+      body();
+      const position = appliedThrough();
+      invariant(position >= this.applied, `applied position ${position} below ${this.applied}`);
+      if (position !== this.applied) this.statements.setApplied.run(position);
+      this.applied = position;
+    })();
+  }
+
+  /** Records one decision; call inside `transaction`. */
+  record(decision: Decision): void {
+    const st = this.statements;
+    switch (decision.kind) {
+      case "appended":
+        for (const e of decision.events) st.addEvent.run(decision.tenant, e.position, decision.stream, e.version);
+        st.setVersion.run(decision.tenant, decision.stream, decision.outcome.lastVersion);
+        this.remember(decision.tenant, decision.requestId, decision.outcome);
+        return;
+      case "rejected":
+        this.remember(decision.tenant, decision.requestId, decision.outcome);
+        return;
+      case "duplicate":
+      case "void":
+        return;
+    }
+  }
+
+  private remember(tenant: string, requestId: string, outcome: BatchOutcome): void {
+    if (requestId === "") return;
+    const st = this.statements;
+    const decided = ((st.decided.get(tenant) as number | undefined) ?? 0) + 1;
+    st.setDecided.run(tenant, decided);
+    st.addOutcome.run(tenant, requestId, decided, JSON.stringify(outcome));
+    if (decided % REQUEST_GC_EVERY === 0) st.forget.run(tenant, decided - REQUEST_IDS_PER_TENANT_MAX);
+  }
+
+  /** Events of one stream from `fromVersion`, in version order. */
+  streamEvents(tenant: string, stream: string, fromVersion: number, limit: number): IndexedEvent[] {
+    return this.statements.streamEvents.all(tenant, stream, fromVersion, limit) as IndexedEvent[];
+  }
+
+  /** Events of a tenant (or of one of its streams) from `fromPosition`, in position order. */
+  tenantEvents(tenant: string, fromPosition: number, limit: number, stream?: string): IndexedEvent[] {
+    return (
+      stream === undefined
+        ? this.statements.tenantEvents.all(tenant, fromPosition, limit)
+        : this.statements.tenantStreamEvents.all(tenant, stream, fromPosition, limit)
+    ) as IndexedEvent[];
+  }
+
+  /** Per tenant: how many streams and events it has. */
+  tenants(): StreamSummary[] {
+    return this.statements.tenants.all() as StreamSummary[];
+  }
+
+  /** How many tenants have at least one stream. */
+  tenantCount(): number {
+    return this.statements.tenantCount.get() as number;
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+}
