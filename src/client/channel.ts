@@ -24,12 +24,10 @@ export function targetOf(endpoint: string): string {
   return endpoint.replace(/^127\.0\.0\.1:/, "localhost:");
 }
 
-/** Codes after which the same call may succeed on another endpoint or a little later. */
+/**
+ * Codes after which the same call may succeed on another endpoint or a little later.
+ * RESOURCE_EXHAUSTED is not one: it mostly means the request is over a size limit.
+ */
 export function isRetryable(code: number | undefined): boolean {
-  return (
-    code === grpc.status.UNAVAILABLE ||
-    code === grpc.status.DEADLINE_EXCEEDED ||
-    code === grpc.status.RESOURCE_EXHAUSTED ||
-    code === grpc.status.ABORTED
-  );
+  return code === grpc.status.UNAVAILABLE || code === grpc.status.DEADLINE_EXCEEDED || code === grpc.status.ABORTED;
 }
