@@ -52,7 +52,7 @@ function printCluster(self: Self, peers: Peer[]): void {
 }
 
 /** What keeps the cluster, as the leader sees it, from being healthy ([] when it is). */
-function unhealthy(self: Self, peers: Peer[]): string[] {
+export function unhealthy(self: Self, peers: Peer[]): string[] {
   if (self.state !== "leader") return [`node ${self.nodeId} is not the leader (leader: ${self.leaderId || "unknown"})`];
   const problems: string[] = [];
   for (const p of peers) {

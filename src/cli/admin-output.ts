@@ -54,10 +54,15 @@ export function errorCodeOfGrpc(status: number): ErrorCode {
   }
 }
 
+/** An Admin API failure's message, without grpc-js's empty "Resolution note: " trailers. */
+export function callMessage(e: AdminCallError): string {
+  return e.message.replace(/\.?\s*Resolution note:\s*(?=;|$)/g, "");
+}
+
 export function failureOf(e: unknown): Failure {
   if (e instanceof UsageError) return { code: e.code, message: e.message, exitCode: ExitCode.USAGE };
   if (e instanceof VerityError) return { code: e.code, message: e.message, exitCode: ExitCode.FAILED };
-  if (e instanceof AdminCallError) return { code: errorCodeOfGrpc(e.code), message: e.message, exitCode: ExitCode.FAILED };
+  if (e instanceof AdminCallError) return { code: errorCodeOfGrpc(e.code), message: callMessage(e), exitCode: ExitCode.FAILED };
   const message = e instanceof Error ? (e.stack ?? e.message) : String(e);
   return { code: ErrorCode.INTERNAL, message: `unexpected error (please report it): ${message}`, exitCode: ExitCode.FAILED };
 }

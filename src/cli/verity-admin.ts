@@ -12,6 +12,8 @@ import { dumpLog, verifyLog, type VerifyReport } from "../log/offline.js";
 import { ExitCode, cli, formatBytes } from "./common.js";
 import { FailedPreconditionError } from "../errors.js";
 import { addAdminCommands } from "./admin-commands.js";
+import { addDoctorCommand } from "./admin-doctor.js";
+import { addDiagnosticsCommands } from "./admin-diagnostics.js";
 import { jsonOption } from "./admin-connection.js";
 import { ADMIN_NAME, printJson, runAdmin, usageFailure } from "./admin-output.js";
 
@@ -153,7 +155,7 @@ export async function main(argv: string[]): Promise<void> {
     .epilogue("Exit codes: 0 ok, 1 a check failed or the operation was refused, 2 bad usage. Every command takes --json. See docs/admin.md.")
     .demandCommand(1, "a command is required")
     .fail(usageFailure(argv));
-  await addAdminCommands(parser).parseAsync();
+  await addDiagnosticsCommands(addDoctorCommand(addAdminCommands(parser))).parseAsync();
 }
 
 await main(hideBin(process.argv));
