@@ -6,7 +6,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import * as https from "node:https";
 import * as net from "node:net";
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { ADMIN_SERVICE } from "../../src/server/admin-service.js";
@@ -88,11 +88,14 @@ export class ProcessCluster {
   }
 
   /** Starts `node` with `peers` as its --cluster-peers (default: every other node added). */
-  start(node: ProcessNode, options: { peers?: ProcessNode[]; join?: boolean } = {}): void {
+  start(node: ProcessNode, options: { peers?: ProcessNode[]; join?: boolean; clients?: { identity: string; tenants: string[] }[] } = {}): void {
     const cert = this.ca.issue(`node-${node.id}`);
+    // [[security.clients]] exists only in the config file.
+    const config = join(this.dir, `node${node.id}.toml`);
+    writeFileSync(config, (options.clients ?? []).map((c) => `[[security.clients]]\nidentity = ${JSON.stringify(c.identity)}\ntenants = ${JSON.stringify(c.tenants)}\n`).join("\n"));
     const peers = (options.peers ?? this.nodes.filter((n) => n !== node)).map((n) => `127.0.0.1:${n.cluster}`).join(",");
     const child = spawn(process.execPath, [join(root, "bin", "verity-server.js"),
-      "--node-id", String(node.id), "--data-dir", join(this.dir, `node${node.id}`),
+      "--config", config, "--node-id", String(node.id), "--data-dir", join(this.dir, `node${node.id}`),
       "--bind", `127.0.0.1:${node.client}`, "--cluster-address", `127.0.0.1:${node.cluster}`, "--cluster-peers", peers,
       "--metrics-address", `127.0.0.1:${node.metrics}`, ...(options.join === true ? ["--join"] : [])], {
       stdio: ["ignore", "pipe", "pipe"],
