@@ -28,11 +28,12 @@ import { formatHostPort, formatSize, type HostPort } from "../server/setting-val
 import { unhealthy, type Peer, type Self } from "./admin-commands.js";
 import { ADMIN_ENV_VARIABLES, ENDPOINTS_DEFAULT, jsonOption, splitList, tlsOf, tlsOptions } from "./admin-connection.js";
 import { callMessage, printJson, runAdmin } from "./admin-output.js";
-import { checkCertificate, type CheckResult, type CheckStatus } from "./cert-check.js";
-import { certainSkewMs, difference, measureOffset, midpoint, type OffsetBounds } from "./clock-skew.js";
+import { checkCertificate } from "./cert-check.js";
+import { fail, pass, warn, type CheckResult, type CheckStatus } from "./check-result.js";
+import { judgeClocks, measureOffset } from "./clock-skew.js";
 import { ExitCode, formatBytes } from "./common.js";
 
-export type { CheckResult, CheckStatus } from "./cert-check.js";
+export type { CheckResult, CheckStatus } from "./check-result.js";
 
 /** Free space under this share of the disk is a warning. */
 export const DISK_FREE_WARN_RATIO = 0.1;
@@ -40,10 +41,6 @@ export const DISK_FREE_WARN_RATIO = 0.1;
 export const DISK_FREE_WARN_SEGMENTS = 4;
 /** Fewer free inodes than this is a warning. */
 export const DISK_FREE_INODES_MIN = 1_000;
-/** Clocks further apart than this are a warning: log timestamps and "last seen" times mislead. */
-export const CLOCK_SKEW_WARN_MS = 1_000;
-/** Clocks further apart than this are a failure: certificate validity is judged wrongly near its edges too. */
-export const CLOCK_SKEW_FAIL_MS = 60_000;
 /** Parent directories walked up at most to find an existing one. */
 const PATH_DEPTH_MAX = 256;
 
@@ -72,9 +69,6 @@ interface Context {
 /** One endpoint's answer to ClusterStatus, or why there was none. */
 type Answer = { endpoint: string; self: Self; peers: Peer[] } | { endpoint: string; error: AdminCallError };
 
-const pass = (name: string, found: string, details?: string[]): CheckResult => ({ name, status: "PASS", found, ...(details === undefined ? {} : { details }) });
-const warn = (name: string, found: string, fix: string, details?: string[]): CheckResult => ({ name, status: "WARN", found, fix, ...(details === undefined ? {} : { details }) });
-const fail = (name: string, found: string, fix: string, details?: string[]): CheckResult => ({ name, status: "FAIL", found, fix, ...(details === undefined ? {} : { details }) });
 
 /** The environment as verity-server would read it: without the admin tool's own VERITY_* variables. */
 export function serverEnvironment(): Record<string, string | undefined> {
@@ -268,42 +262,13 @@ function checkCluster(answers: Answer[]): CheckResult {
   return pass("cluster", `leader node ${leader.self.nodeId}, view ${leader.self.view}, ${members} member${members === 1 ? "" : "s"}, every one up and caught up`);
 }
 
-function formatOffset(b: OffsetBounds): string {
-  const mid = Math.round(midpoint(b));
-  return `${mid >= 0 ? "+" : ""}${mid} ms (±${Math.ceil((b.highMs - b.lowMs) / 2)} ms)`;
-}
-
 async function checkClock(context: Context, answers: Answer[]): Promise<CheckResult> {
   const ok = answers.flatMap((x) => ("self" in x ? [x] : []));
   if (ok.length === 0) return fail("clock-skew", "not reachable: no endpoint answered, so no member's clock could be read", SEE_NODE_FIX);
-  const measured = await Promise.all(ok.map(async (x) => ({ id: x.self.nodeId, endpoint: x.endpoint, m: await measureOffset(x.endpoint, context.tls) })));
-  const details: string[] = [];
-  const clocks: Array<{ who: string; bounds: OffsetBounds }> = [{ who: "this machine", bounds: { lowMs: 0, highMs: 0 } }];
-  for (const x of measured) {
-    if (x.m.ok) {
-      clocks.push({ who: `node ${x.id}`, bounds: x.m.bounds });
-      details.push(`node ${x.id} (${x.endpoint}): ${formatOffset(x.m.bounds)} from this machine's clock`);
-    } else details.push(`node ${x.id} (${x.endpoint}): could not be measured: ${x.m.reason}`);
-  }
+  const measured = await Promise.all(ok.map(async (x) => ({ id: x.self.nodeId, endpoint: x.endpoint, measurement: await measureOffset(x.endpoint, context.tls) })));
   const seen = new Set(ok.map((x) => x.self.nodeId));
   const members = new Set(ok.flatMap((x) => x.peers.map((p) => p.id)));
-  const unmeasured = [...members].filter((id) => !seen.has(id)).sort((x, y) => x - y);
-  if (unmeasured.length > 0) details.push(`not measured: node ${unmeasured.join(", node ")} (give their client addresses in --endpoints)`);
-  if (clocks.length === 1) return warn("clock-skew", "could not be measured: no member's /status answered with a Date header", "check that /status answers on the client port (curl it, with a client certificate under TLS)", details);
-  let worst = { skewMs: 0, between: "" };
-  for (const [i, x] of clocks.entries()) {
-    for (const y of clocks.slice(i + 1)) {
-      const skewMs = certainSkewMs(difference(x.bounds, y.bounds));
-      if (skewMs >= worst.skewMs) worst = { skewMs, between: `${x.who} and ${y.who}` };
-    }
-  }
-  const found = worst.skewMs === 0
-    ? `clocks agree within the measurement's precision (${clocks.length - 1} member${clocks.length === 2 ? "" : "s"} and this machine)`
-    : `${worst.between} are at least ${worst.skewMs} ms apart`;
-  const fix = "run time synchronisation on every node (chrony or systemd-timesyncd: timedatectl set-ntp true) and check 'chronyc tracking' or 'timedatectl'";
-  if (worst.skewMs > CLOCK_SKEW_FAIL_MS) return fail("clock-skew", found, fix, details);
-  if (worst.skewMs > CLOCK_SKEW_WARN_MS) return warn("clock-skew", found, fix, details);
-  return pass("clock-skew", found, details);
+  return judgeClocks(measured, [...members].filter((id) => !seen.has(id)).sort((x, y) => x - y));
 }
 
 async function checkPeers(context: Context, answers: Answer[]): Promise<CheckResult> {

@@ -6,6 +6,7 @@
 
 import { X509Certificate, createPrivateKey } from "node:crypto";
 import { readFileSync, statSync } from "node:fs";
+import type { CheckResult } from "./check-result.js";
 
 /** A certificate that expires within this many days is a warning. */
 export const CERT_EXPIRY_WARN_DAYS = 30;
@@ -15,17 +16,6 @@ export const CERTS_PER_FILE_MAX = 200;
 export const CERT_FILE_BYTES_MAX = 4 * 1024 * 1024;
 const DAY_MS = 86_400_000;
 
-export type CheckStatus = "PASS" | "WARN" | "FAIL";
-
-/** One doctor check's outcome: what was found and, on WARN or FAIL, what to try. */
-export interface CheckResult {
-  name: string;
-  status: CheckStatus;
-  found: string;
-  /** More lines of what was found (one problem each). */
-  details?: string[];
-  fix?: string;
-}
 
 const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g;
 

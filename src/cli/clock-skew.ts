@@ -7,6 +7,8 @@
  * `date - received <= offset < date + 1000 - sent`. Later requests are timed so that, by the current
  * estimate, they reach the node just at a second boundary; whichever second the node then names
  * halves the interval. A few requests bring it down to about the round trip.
+ *
+ * `judgeClocks` turns the offsets into doctor's clock-skew verdict.
  */
 
 import * as http from "node:http";
@@ -15,7 +17,12 @@ import * as net from "node:net";
 import { readFileSync } from "node:fs";
 import type { ClientTlsFiles } from "../client/admin-client.js";
 import { parseHostPort } from "../server/setting-values.js";
+import { fail, pass, warn, type CheckResult } from "./check-result.js";
 
+/** Clocks further apart than this are a warning: log timestamps and "last seen" times mislead. */
+export const CLOCK_SKEW_WARN_MS = 1_000;
+/** Clocks further apart than this are a failure: certificate validity is judged wrongly near its edges too. */
+export const CLOCK_SKEW_FAIL_MS = 60_000;
 /** Requests per node at most. */
 export const CLOCK_SAMPLES_MAX = 6;
 /** Stop sampling once the offset is known to within this. */
@@ -138,4 +145,50 @@ export async function measureOffset(endpoint: string, tls: ClientTlsFiles | unde
   } finally {
     agent.destroy();
   }
+}
+
+function formatOffset(b: OffsetBounds): string {
+  const mid = Math.round(midpoint(b));
+  return `${mid >= 0 ? "+" : ""}${mid} ms (±${Math.ceil((b.highMs - b.lowMs) / 2)} ms)`;
+}
+
+/** One member's clock as measured: its offset from this machine's clock, or why it could not be read. */
+export interface MemberClock {
+  id: number;
+  endpoint: string;
+  measurement: OffsetMeasurement;
+}
+
+/**
+ * The clock-skew verdict: the largest skew the measurements prove, between any two members or a
+ * member and this machine (whose clock the doctor's own certificate and "last seen" judgements use).
+ */
+export function judgeClocks(measured: readonly MemberClock[], unmeasured: readonly number[]): CheckResult {
+  const details: string[] = [];
+  const clocks: Array<{ who: string; bounds: OffsetBounds }> = [{ who: "this machine", bounds: { lowMs: 0, highMs: 0 } }];
+  for (const x of measured) {
+    if (x.measurement.ok) {
+      clocks.push({ who: `node ${x.id}`, bounds: x.measurement.bounds });
+      details.push(`node ${x.id} (${x.endpoint}): ${formatOffset(x.measurement.bounds)} from this machine's clock`);
+    } else details.push(`node ${x.id} (${x.endpoint}): could not be measured: ${x.measurement.reason}`);
+  }
+  if (unmeasured.length > 0) details.push(`not measured: node ${unmeasured.join(", node ")} (give their client addresses in --endpoints)`);
+  if (clocks.length === 1) {
+    return warn("clock-skew", "could not be measured: no member's /status answered with a Date header",
+      "check that /status answers on the client port (curl it, with a client certificate under TLS)", details);
+  }
+  let worst = { skewMs: 0, between: "" };
+  for (const [i, x] of clocks.entries()) {
+    for (const y of clocks.slice(i + 1)) {
+      const skewMs = certainSkewMs(difference(x.bounds, y.bounds));
+      if (skewMs > worst.skewMs) worst = { skewMs, between: `${x.who} and ${y.who}` };
+    }
+  }
+  const found = worst.skewMs === 0
+    ? `clocks agree within the measurement's precision (${clocks.length - 1} member${clocks.length === 2 ? "" : "s"} and this machine)`
+    : `the clocks of ${worst.between} are at least ${worst.skewMs} ms apart`;
+  const fix = "run time synchronisation on every node (chrony or systemd-timesyncd: timedatectl set-ntp true) and check 'chronyc tracking' or 'timedatectl'";
+  if (worst.skewMs > CLOCK_SKEW_FAIL_MS) return fail("clock-skew", found, fix, details);
+  if (worst.skewMs > CLOCK_SKEW_WARN_MS) return warn("clock-skew", found, fix, details);
+  return pass("clock-skew", found, details);
 }
