@@ -278,9 +278,10 @@ async function checkPeers(context: Context, answers: Answer[]): Promise<CheckRes
     own.add(formatHostPort(context.settings.server.clusterAddress));
     addresses.push(...context.settings.clusterPeers.map(formatHostPort));
   }
+  // Every member any node knows of; with a config, all but this node itself.
   for (const x of answers) {
     if (!("self" in x)) continue;
-    own.add(x.self.clusterAddress);
+    addresses.push(x.self.clusterAddress);
     for (const p of x.peers) if (p.address !== "") addresses.push(p.address);
   }
   const peers = [...new Set(addresses)].filter((p) => !own.has(p));
