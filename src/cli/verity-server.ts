@@ -9,6 +9,7 @@
 
 import { hideBin } from "yargs/helpers";
 import { DataDir } from "../log/data-dir.js";
+import { startTracing, stopTracing, tracesUrl } from "../server/tracing.js";
 import { VerityNode } from "../server/node.js";
 import { createRootLogger, forTarget } from "../logger.js";
 import {
@@ -142,6 +143,11 @@ async function serve(settings: Settings): Promise<void> {
       },
       "data directory open; log recovered",
     );
+    const telemetry = settings.telemetry;
+    if (telemetry.tracingEnabled && telemetry.tracingEndpoint !== undefined) {
+      await startTracing(telemetry.tracingEndpoint, { "verity.node_id": dir.meta.nodeId, "verity.cluster_id": dir.meta.clusterId });
+      logger.info({ endpoint: tracesUrl(telemetry.tracingEndpoint) }, "exporting OpenTelemetry spans over OTLP/HTTP");
+    }
     let node: VerityNode;
     try {
       node = await VerityNode.start(settings, root, dir, starting.signal);
@@ -160,6 +166,7 @@ async function serve(settings: Settings): Promise<void> {
     const signal = await Promise.race([signalled, fatal]);
     logger.info({ signal }, "shutting down");
     await node.stop().catch(() => {});
+    await stopTracing().catch((e: unknown) => logger.warn({ error: e instanceof Error ? e.message : String(e) }, "could not send the last spans to the collector"));
     logger.info({}, "stopped");
     return signal === "fatal" ? ExitCode.FAILED : ExitCode.OK;
   });

@@ -30,8 +30,8 @@ export type ExpectedVersion = number | "any" | "no-stream";
 
 export interface NewEvent {
   type: string;
-  /** Bytes, or a value stored as its JSON text. */
-  data: Uint8Array | string | object;
+  /** Bytes, a string stored as its UTF-8 text, or any other value stored as its JSON text. */
+  data: Uint8Array | string | number | boolean | null | object;
   metadata?: Record<string, string>;
   eventId?: string;
 }

@@ -11,6 +11,7 @@ import type { ClientGrant } from "./setting-kinds.js";
 import { grpcMethod, toServiceError, type Plain } from "./grpc-methods.js";
 import { READ_LIMIT_DEFAULT, READ_LIMIT_MAX, checkStream, checkTenant, type DataPlane, type ReadEvent } from "./data-plane.js";
 import type { EventStateMachine } from "./event-apply.js";
+import { traced } from "./tracing.js";
 
 /** Events a subscription reads from the index per page. */
 export const SUBSCRIBE_PAGE_EVENTS = 500;
@@ -89,12 +90,17 @@ export function clientHandlers(target: () => ClientServiceTarget | undefined, me
   };
 
   return {
-    append: unary("append", async (call) => {
-      const t = resolve(call, String(call.request.tenant ?? ""));
-      const answer = await t.dataPlane.append(call.request);
-      return { response: { ...answer }, events: ((call.request.events ?? []) as unknown[]).length };
+    append: unary("append", (call) => {
+      const r = call.request;
+      const events = ((r.events ?? []) as unknown[]).length;
+      return traced("verity.write", { "verity.tenant": String(r.tenant ?? ""), "verity.stream": String(r.stream ?? ""), "verity.events": events }, async (span) => {
+        const t = resolve(call, String(r.tenant ?? ""));
+        const answer = await t.dataPlane.append(r);
+        span?.setAttributes({ "verity.position.first": answer.firstPosition, "verity.deduplicated": answer.deduplicated });
+        return { response: { ...answer }, events };
+      });
     }),
-    read: unary("read", async (call) => {
+    read: unary("read", (call) => traced("verity.query", { "verity.method": "Read", "verity.tenant": String(call.request.tenant ?? "") }, async () => {
       const r = call.request;
       const tenant = String(r.tenant ?? "");
       const t = resolve(call, tenant);
@@ -103,8 +109,8 @@ export function clientHandlers(target: () => ClientServiceTarget | undefined, me
       const rows = t.stateMachine.store.streamEvents(tenant, stream, Number(r.fromVersion ?? 0), limitOf(r));
       const events = await t.dataPlane.load(rows);
       return { response: { events: events.map(toEventMessage), appliedPosition: applied, lagEntries: lag }, events: events.length };
-    }),
-    readAll: unary("read_all", async (call) => {
+    })),
+    readAll: unary("read_all", (call) => traced("verity.query", { "verity.method": "ReadAll", "verity.tenant": String(call.request.tenant ?? "") }, async () => {
       const r = call.request;
       const tenant = String(r.tenant ?? "");
       const t = resolve(call, tenant);
@@ -112,7 +118,7 @@ export function clientHandlers(target: () => ClientServiceTarget | undefined, me
       const rows = t.stateMachine.store.tenantEvents(tenant, Number(r.fromPosition ?? 0), limitOf(r));
       const events = await t.dataPlane.load(rows);
       return { response: { events: events.map(toEventMessage), appliedPosition: applied, lagEntries: lag }, events: events.length };
-    }),
+    })),
     subscribe: (call: grpc.ServerWritableStream<Plain, Plain>) => {
       subscribe(call, resolve).catch((e: unknown) => {
         // grpc-js turns an 'error' event into the call's final status.

@@ -14,7 +14,9 @@ import { EVENTS_PER_BATCH_MAX, READ_INDEX_PENDING_MAX } from "../limits.js";
 import type { ExpectedVersion } from "../projections/apply-events.js";
 import { decodeEventRecord, encodeEventRecord, expectedFromProto } from "../projections/event-codec.js";
 import type { IndexedEvent } from "../projections/event-store.js";
-import type { EventStateMachine } from "./event-apply.js";
+import { PENDING_APPENDS_MAX, type EventStateMachine } from "./event-apply.js";
+import { childSpan } from "./tracing.js";
+import type { Span } from "@opentelemetry/api";
 import type { PeerTransport } from "./peer-transport.js";
 import type { Plain } from "./grpc-methods.js";
 import { TENANT_ID_PATTERN } from "./setting-kinds.js";
@@ -139,6 +141,8 @@ export interface DataPlaneDeps {
 export class DataPlane {
   private nextReadId = 1;
   private readonly reads = new Map<number, { resolve(index: number): void; reject(e: Error): void }>();
+  /** Traced appends waiting for their commit (only while tracing; bounded by PENDING_APPENDS_MAX). */
+  private commitWatch: { index: number; committed(): void }[] = [];
 
   constructor(private readonly deps: DataPlaneDeps) {}
 
@@ -180,9 +184,31 @@ export class DataPlane {
         batch: { requestId: a.requestId, count, seq, expectedVersion: seq === 0 ? a.expected : undefined },
       }),
     }));
+    const prepare = childSpan("verity.consensus.prepare", { "verity.tenant": a.tenant, "verity.events": count });
     const proposed = driver.input((core) => core.propose(entries));
-    if (!proposed.ok) throw new VerityError(proposed.code, proposed.message);
-    const { outcome, deduplicated } = await this.deps.stateMachine.awaitOutcome(proposed.term, proposed.firstIndex, APPEND_WAIT_MS);
+    if (!proposed.ok) {
+      prepare?.end();
+      throw new VerityError(proposed.code, proposed.message);
+    }
+    let commit: Span | undefined;
+    if (prepare !== undefined && this.commitWatch.length < PENDING_APPENDS_MAX) {
+      prepare.setAttribute("verity.position.last", proposed.lastIndex);
+      this.commitWatch.push({
+        index: proposed.lastIndex,
+        committed: () => {
+          prepare.end();
+          commit = childSpan("verity.consensus.commit", { "verity.position.last": proposed.lastIndex });
+        },
+      });
+    }
+    let settled;
+    try {
+      settled = await this.deps.stateMachine.awaitOutcome(proposed.term, proposed.firstIndex, APPEND_WAIT_MS);
+    } finally {
+      prepare?.end();
+      commit?.end();
+    }
+    const { outcome, deduplicated } = settled;
     if (!outcome.ok) {
       const actual = outcome.actualVersion === undefined ? "has no events" : `is at version ${outcome.actualVersion}`;
       throw new VerityError(ErrorCode.WRONG_EXPECTED_VERSION, `wrong expected version (request id "${a.requestId}" was decided earlier): stream "${a.stream}" ${actual}; read the stream and retry with its current version`);
@@ -222,6 +248,15 @@ export class DataPlane {
         reject(new VerityError(accepted.code, accepted.message));
       }
     });
+  }
+
+  /** The commit index moved (the driver's hard state): ends the prepare spans it covers. */
+  onCommitted(commit: number): void {
+    if (this.commitWatch.length === 0) return;
+    const due = this.commitWatch.filter((w) => w.index <= commit);
+    if (due.length === 0) return;
+    this.commitWatch = this.commitWatch.filter((w) => w.index > commit);
+    for (const w of due) w.committed();
   }
 
   /** The driver's ReadStates: answers the waiting read points. */

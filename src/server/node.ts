@@ -289,7 +289,10 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
           if (s.role === Role.CANDIDATE) m.elections.inc();
           this.consensusLogger.info({ state: ROLE_NAMES[s.role], leader: s.leader, view: core.hardState().term }, "role changed");
         },
-        onHardState: (h) => m.view.set(h.term),
+        onHardState: (h) => {
+          m.view.set(h.term);
+          this.dataPlane.onCommitted(h.commit);
+        },
         onReadStates: (states) => this.dataPlane.onReadStates(states),
         onPhase: (phase, ms) => m.consensusSeconds.observe({ phase }, ms / 1000),
         onFailure: (e) => {
