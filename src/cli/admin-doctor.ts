@@ -216,8 +216,13 @@ async function askEndpoints(context: Context): Promise<Answer[]> {
   }));
 }
 
-/** For the checks after `node`: it has said what is wrong already. */
-const SEE_NODE_FIX = "see the node check: start the node, or give its client address with --endpoints";
+/** For the checks after `node` when no endpoint answered: refused or not reachable, as the node check says. */
+function noAnswer(name: string, answers: Answer[], what: string): CheckResult {
+  const refused = answers.some((x) => "error" in x && x.error.code === GrpcStatus.PERMISSION_DENIED);
+  return refused
+    ? fail(name, `not checked: the Admin API refused this certificate, so ${what}`, "see the node check: give an admin certificate with --tls-cert and --tls-key")
+    : fail(name, `not reachable: no endpoint answered, so ${what}`, "see the node check: start the node, or give its client address with --endpoints");
+}
 
 function notReachableFix(context: Context): string {
   return `start the node (systemctl start verity) and check that ${context.endpoints.join(", ")} is its client address ` +
@@ -242,7 +247,7 @@ function checkNode(context: Context, answers: Answer[]): CheckResult {
 
 function checkCluster(answers: Answer[]): CheckResult {
   const ok = answers.flatMap((x) => ("self" in x ? [x] : []));
-  if (ok.length === 0) return fail("cluster", "not reachable: no endpoint answered", SEE_NODE_FIX);
+  if (ok.length === 0) return noAnswer("cluster", answers, "no member's view of the cluster could be read");
   const leader = ok.find((x) => x.self.state === "leader");
   if (leader === undefined) {
     const known = ok.find((x) => x.self.leaderId !== 0);
@@ -264,7 +269,7 @@ function checkCluster(answers: Answer[]): CheckResult {
 
 async function checkClock(context: Context, answers: Answer[]): Promise<CheckResult> {
   const ok = answers.flatMap((x) => ("self" in x ? [x] : []));
-  if (ok.length === 0) return fail("clock-skew", "not reachable: no endpoint answered, so no member's clock could be read", SEE_NODE_FIX);
+  if (ok.length === 0) return noAnswer("clock-skew", answers, "no member's clock could be read");
   const measured = await Promise.all(ok.map(async (x) => ({ id: x.self.nodeId, endpoint: x.endpoint, measurement: await measureOffset(x.endpoint, context.tls) })));
   const seen = new Set(ok.map((x) => x.self.nodeId));
   const members = new Set(ok.flatMap((x) => x.peers.map((p) => p.id)));

@@ -94,6 +94,7 @@ describe("verity-admin doctor and diagnostics export on a 3-node TLS cluster", (
     expect(asNode.checks.node).toMatchObject({
       status: "FAIL", found: expect.stringMatching(/refused: .*"node-1" has no admin role/), fix: expect.stringMatching(/--tls-cert and --tls-key \(an identity in \[security\] admins\)/),
     });
+    expect(asNode.checks["clock-skew"]).toMatchObject({ status: "FAIL", found: expect.stringMatching(/^not checked: the Admin API refused this certificate/) });
     expect(asNode.checks.peers!.status).toBe("PASS");
 
     // The bundle: every member's status, the metrics of node 1's metrics address, its log verified, no key material.
