@@ -27,7 +27,7 @@ import { loadSettings, refusalsOfThisBuild, type Settings, type SettingsResult }
 import { formatHostPort, formatSize, type HostPort } from "../server/setting-values.js";
 import { unhealthy, type Peer, type Self } from "./admin-commands.js";
 import { ADMIN_ENV_VARIABLES, ENDPOINTS_DEFAULT, jsonOption, splitList, tlsOf, tlsOptions } from "./admin-connection.js";
-import { callMessage, printJson, runAdmin } from "./admin-output.js";
+import { UsageError, callMessage, printJson, runAdmin } from "./admin-output.js";
 import { checkCertificate } from "./cert-check.js";
 import { fail, pass, warn, type CheckResult, type CheckStatus } from "./check-result.js";
 import { judgeClocks, measureOffset } from "./clock-skew.js";
@@ -323,7 +323,10 @@ function checkCertificates(context: Context): CheckResult[] {
 /** Where to reach the node: --endpoints (or VERITY_ENDPOINTS), else the config's bind address, else the default. */
 export function resolveEndpoints(endpointsFlag: string | undefined, settings: Settings | undefined): { endpoints: string[]; from: string } {
   if (endpointsFlag !== undefined) {
-    return { endpoints: splitList(endpointsFlag), from: process.env.VERITY_ENDPOINTS === endpointsFlag ? "VERITY_ENDPOINTS" : "--endpoints" };
+    const from = process.env.VERITY_ENDPOINTS === endpointsFlag ? "VERITY_ENDPOINTS" : "--endpoints";
+    const endpoints = splitList(endpointsFlag);
+    if (endpoints.length === 0) throw new UsageError(`${from} is empty: give the client address host:port of at least one node`);
+    return { endpoints, from };
   }
   if (settings !== undefined && settings.server.bindAddress.port !== 0) {
     return { endpoints: [formatHostPort(reachable(settings.server.bindAddress))], from: "server.bind_address" };
