@@ -69,7 +69,6 @@ interface Context {
 /** One endpoint's answer to ClusterStatus, or why there was none. */
 type Answer = { endpoint: string; self: Self; peers: Peer[] } | { endpoint: string; error: AdminCallError };
 
-
 /** The environment as verity-server would read it: without the admin tool's own VERITY_* variables. */
 export function serverEnvironment(): Record<string, string | undefined> {
   const env = { ...process.env };
