@@ -53,5 +53,6 @@ export async function startStateFromDisk(disk: DiskState, bootstrap: MembershipC
     log: { baseIndex: 0 as LogIndex, baseTerm: 0 as Term, lastIndex: log.lastIndex, termRuns: log.termRuns() },
     membership: history,
     appliedIndex: Math.min(appliedIndex, commit) as LogIndex,
+    recoverUntilIndex: (meta.recoverUntil ?? 0) as LogIndex,
   };
 }

@@ -113,6 +113,13 @@ export interface RaftStartState {
    * the commit index is learned again from the leader.
    */
   readonly appliedIndex: LogIndex;
+  /**
+   * A node that rejoins with an empty log (its disk was lost) may have forgotten a vote it cast and
+   * entries that counted towards a commit. Until its commit index reaches this index (the highest
+   * log index any peer held when it rejoined) it grants no votes and never campaigns; then it
+   * records the leader it follows as its vote for the current term. 0 or absent: a normal start.
+   */
+  readonly recoverUntilIndex?: LogIndex;
 }
 
 /** A snapshot of the core's state for status pages, metrics and tests. */
@@ -228,6 +235,8 @@ export class RaftCore {
   private lastSoftState: SoftState;
   /** The Ready handed out and not yet acknowledged. */
   private outstanding: Ready | undefined;
+  /** While the commit index is below this (rejoining with an empty log), no votes and no campaigns. */
+  private recoverUntil: number;
 
   constructor(config: RaftConfig, start: RaftStartState) {
     const problem = validateRaftConfig(config);
@@ -248,6 +257,7 @@ export class RaftCore {
     this.term = start.hardState.term;
     this.vote = start.hardState.vote;
     this.configs = [...start.membership];
+    this.recoverUntil = start.recoverUntilIndex ?? 0;
     this.lastHardState = start.hardState;
     this.lastSoftState = { role: this.role, leader: this.lead };
     this.stepRole = this.stepFollower;
@@ -281,6 +291,8 @@ export class RaftCore {
       case "HEARTBEAT_RESPONSE":
       case "TIMEOUT_NOW":
         this.stepRole(message);
+        // A leader's APPEND or HEARTBEAT may have carried a rejoining node past its recovery index.
+        if (this.recoverUntil !== 0 && (message.type === "APPEND" || message.type === "HEARTBEAT")) this.recovering();
         return;
       default:
         assertNever(message);
@@ -579,6 +591,11 @@ export class RaftCore {
 
   private handleVoteRequest(message: VoteRequest): void {
     const isPreVote = message.type === "PRE_VOTE";
+    if (this.recovering()) {
+      this.send({ type: isPreVote ? "PRE_VOTE_RESPONSE" : "VOTE_RESPONSE", from: this.id, to: message.from, term: this.term, granted: false });
+      this.event(`${this.id} rejects ${message.type} from ${message.from} at term ${message.term}: rejoining with an empty log, it votes again once it holds index ${this.recoverUntil}`);
+      return;
+    }
     const canVote =
       this.vote === message.from ||
       (this.vote === NO_NODE && this.lead === NO_NODE) ||
@@ -661,6 +678,10 @@ export class RaftCore {
   private startCampaign(kind: "PRE_VOTE" | "VOTE", leaderTransfer: boolean): void {
     if (!isVoter(this.currentConfig(), this.id)) {
       this.event(`${this.id} is not a voter of ${describeConfig(this.currentConfig())} and does not campaign`);
+      return;
+    }
+    if (this.recovering()) {
+      this.event(`${this.id} does not campaign: rejoining with an empty log, it holds index ${this.log.committed} of ${this.recoverUntil}`);
       return;
     }
     if (kind === "PRE_VOTE") this.becomePreCandidate();
@@ -1041,6 +1062,17 @@ export class RaftCore {
   }
 
   // =================================================================== ticks
+
+  /** True while rejoining with an empty log (see RaftStartState.recoverUntilIndex); ends itself once caught up. */
+  private recovering(): boolean {
+    if (this.recoverUntil === 0) return false;
+    if (this.log.committed < this.recoverUntil) return true;
+    // Caught up: the leader it follows is the one it would have voted for in this term.
+    if (this.vote === NO_NODE && this.lead !== NO_NODE) this.vote = this.lead;
+    this.event(`${this.id} holds index ${this.log.committed} >= ${this.recoverUntil}: recovered, it votes again`);
+    this.recoverUntil = 0;
+    return false;
+  }
 
   private tickElection(): void {
     this.electionElapsed++;

@@ -124,6 +124,13 @@ export class DataDir {
     this.metaState = next;
   }
 
+  /** Records that this node rejoins with an empty log and must not vote before it holds `index`. */
+  async saveRecoverUntil(index: number): Promise<void> {
+    const next = { ...this.metaState, recoverUntil: index };
+    await writeMetaState(this.fs, this.metaPath, next);
+    this.metaState = next;
+  }
+
   async close(): Promise<void> {
     try {
       await this.log.close();

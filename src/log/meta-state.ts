@@ -30,6 +30,13 @@ export interface MetaState {
    * restart needs only the configurations after it. Absent until the first change is applied.
    */
   membership?: { index: number; voters: number[]; learners: number[] };
+  /**
+   * Set when this data directory was created empty for a node that was already a member (its disk
+   * was lost or wiped): the highest log index any peer held then. The node neither votes nor
+   * campaigns until its commit index reaches it, because it may have forgotten a vote, or entries
+   * that counted towards a commit (docs/consensus.md, "Rejoining with an empty disk").
+   */
+  recoverUntil?: number;
 }
 
 const FORMAT = 1;
@@ -38,6 +45,7 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 function body(state: MetaState): Record<string, unknown> {
   const b: Record<string, unknown> = { format: FORMAT, node_id: state.nodeId, cluster_id: state.clusterId, term: state.term, vote: state.vote };
   if (state.membership !== undefined) b.membership = state.membership;
+  if (state.recoverUntil !== undefined) b.recover_until = state.recoverUntil;
   return b;
 }
 
@@ -82,6 +90,10 @@ export function decodeMetaState(bytes: Uint8Array, displayName: string): MetaSta
       fail("membership is not {index, voters, learners}");
     }
     state.membership = { index: m.index as number, voters: m.voters as number[], learners: m.learners as number[] };
+  }
+  if (o.recover_until !== undefined) {
+    if (!Number.isSafeInteger(o.recover_until) || (o.recover_until as number) < 0) fail("recover_until is not a non-negative integer");
+    state.recoverUntil = o.recover_until as number;
   }
   const expected = hex(crc32c(Buffer.from(JSON.stringify(body(state)), "utf8")));
   if (o.crc32c !== expected) fail(`checksum mismatch (stored ${String(o.crc32c)}, computed ${expected})`);

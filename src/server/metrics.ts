@@ -52,6 +52,8 @@ export class NodeMetrics {
   readonly appendedEvents = new Counter({ name: "verity_events_appended_total", help: "Events appended to streams (applied on this node)", registers: [this.registry] });
   readonly readEvents = new Counter({ name: "verity_events_read_total", help: "Events returned by reads on this node", labelNames: ["method"], registers: [this.registry] });
   readonly forwardedWrites = new Counter({ name: "verity_forwarded_writes_total", help: "Appends this node forwarded to the leader", registers: [this.registry] });
+  readonly catchUpStreams = new Counter({ name: "verity_catch_up_streams_total", help: "Followers this leader caught up by streaming committed entries, by result", labelNames: ["result"], registers: [this.registry] });
+  readonly catchUpEntries = new Counter({ name: "verity_catch_up_entries_total", help: "Entries this leader streamed to catch followers up", registers: [this.registry] });
   readonly activeTenants = new Gauge({ name: "verity_active_tenants", help: "Tenants with at least one stream", registers: [this.registry] });
   readonly appliedPosition = new Gauge({ name: "verity_projection_applied_position", help: "Last log position applied on this node", registers: [this.registry] });
   readonly authFailures = new Counter({

@@ -44,6 +44,7 @@ import { forTarget } from "../logger.js";
 import { EventStore } from "../projections/event-store.js";
 import { EventStateMachine } from "./event-apply.js";
 import { DataPlane } from "./data-plane.js";
+import { CATCH_UP_LAG_ENTRIES, catchUpPort } from "./catch-up.js";
 import { CLIENT_SERVICE, clientHandlers, type ClientServiceTarget } from "./client-service.js";
 import type { ClientGrant } from "./setting-kinds.js";
 import { BATCH_BYTES_MAX } from "../limits.js";
@@ -144,7 +145,10 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
       requests: {
         forwardAppend: async (request) => ({ ...(await started().dataPlane.appendForwarded(request)) }),
         readIndex: () => started().dataPlane.readIndex(),
+        installCatchUp: (m) => started().installCatchUp(m),
+        lastIndex: () => dir.log.lastIndex,
       },
+      lastIndex: () => dir.log.lastIndex,
     });
     const started = (): VerityNode => {
       if (ref.node === undefined) throw new VerityError(ErrorCode.UNAVAILABLE, "the node is still starting; retry shortly");
@@ -251,6 +255,16 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
       await new Promise((r) => setTimeout(r, 20));
     }
     const config = membershipConfig([self, ...this.transport.connectedPeers()]);
+    // Peers holding entries: this node was a member before and lost its disk. It must not vote
+    // before it holds what they hold (it may have forgotten a vote, or entries a commit counted on).
+    const peersHold = this.transport.peersLastIndex();
+    if (peersHold > 0 && this.dir.log.lastIndex === 0) {
+      await this.dir.saveRecoverUntil(peersHold);
+      this.logger.warn(
+        { peers_last_index: peersHold },
+        "this node's data directory is new but its peers hold a log: rejoining an existing cluster; it syncs from the leader and votes again once it holds their last index",
+      );
+    }
     await this.dir.saveCommittedMembership(0, config.voters, config.learners);
     this.logger.info({ voters: config.voters }, "new cluster formed");
     return config;
@@ -263,7 +277,7 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
     const core = new RaftCore(
       {
         id: this.dir.meta.nodeId as NodeId, electionTicks, heartbeatTicks, preVote: true, checkQuorum: true,
-        entriesPerRpcMax: c.entriesPerRpcMax, appendRpcBytesMax: APPEND_RPC_BYTES_MAX,
+        entriesPerRpcMax: c.entriesPerRpcMax, appendRpcBytesMax: APPEND_RPC_BYTES_MAX, catchUpLagEntries: CATCH_UP_LAG_ENTRIES,
         inflightMessagesMax: INFLIGHT_MESSAGES_MAX, inflightBytesMax: INFLIGHT_BYTES_MAX,
         prng: new Xoshiro128StarStar(Number.parseInt(randomUUID().slice(0, 8), 16)),
         onEvent: (line) => this.consensusLogger.info({}, line),
@@ -276,6 +290,23 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
       clock: performance,
       hardState: this.dir,
       transport: this.transport,
+      catchUp: catchUpPort({
+        nodeId: this.dir.meta.nodeId as NodeId,
+        log: this.dir.log,
+        transport: this.transport,
+        leaderTerm: () => (core.softState().role === Role.LEADER ? core.hardState().term : undefined),
+        entriesPerBatch: c.entriesPerRpcMax,
+        bytesPerBatch: APPEND_RPC_BYTES_MAX,
+        onStreamed: (to, entries, bytes, ms) => {
+          m.catchUpStreams.inc({ result: "ok" });
+          m.catchUpEntries.inc(entries);
+          this.consensusLogger.info({ peer: to, entries, bytes, ms: Math.round(ms) }, "caught up a follower by streaming committed entries");
+        },
+        onFailed: (to, reason) => {
+          m.catchUpStreams.inc({ result: "failed" });
+          this.consensusLogger.warn({ peer: to, reason }, "streaming catch-up failed; replicating entry by entry instead");
+        },
+      }),
       stateMachine: {
         apply: (entries) => {
           this.stateMachine.apply(entries);
@@ -313,6 +344,18 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
         this.health.setStatus("", serving ? "SERVING" : "NOT_SERVING");
       }
     }, TICK_MS);
+  }
+
+  /** One APPEND of a leader's catch-up stream: stepped like any message, then waited for until durable. */
+  async installCatchUp(m: Extract<import("../consensus/types.js").Message, { type: "APPEND" }>): Promise<void> {
+    const d = this.driver;
+    if (d === undefined) throw new VerityError(ErrorCode.UNAVAILABLE, "the node is still starting; retry shortly");
+    this.receive([m]);
+    await d.idle();
+    const last = m.entries[m.entries.length - 1];
+    if (last !== undefined && (this.dir.log.lastIndex < last.index || this.dir.log.termAt(last.index) !== last.term)) {
+      throw new VerityError(ErrorCode.FAILED_PRECONDITION, `node ${this.dir.meta.nodeId} did not take entries up to ${last.index} (view ${d.raft.hardState().term}, leader ${d.raft.softState().leader}); the leader replicates entry by entry instead`);
+    }
   }
 
   private receive(messages: readonly import("../consensus/types.js").Message[]): void {

@@ -42,6 +42,8 @@ interface Hello {
   nodeId: number;
   clusterId: string;
   clusterAddress: string;
+  /** Only in answers: the answering node's last log index. */
+  lastIndex?: number;
 }
 
 function helloCodec(name: "HelloRequest" | "HelloResponse") {
@@ -49,8 +51,8 @@ function helloCodec(name: "HelloRequest" | "HelloResponse") {
   return {
     serialize: (h: Partial<Hello>): Buffer => Buffer.from(type.encode(type.fromObject(h)).finish()),
     deserialize: (b: Buffer): Hello => {
-      const o = type.toObject(type.decode(b), { defaults: true }) as Hello;
-      return { nodeId: Number(o.nodeId ?? 0), clusterId: String(o.clusterId ?? ""), clusterAddress: String(o.clusterAddress ?? "") };
+      const o = type.toObject(type.decode(b), { defaults: true, longs: Number }) as Hello;
+      return { nodeId: Number(o.nodeId ?? 0), clusterId: String(o.clusterId ?? ""), clusterAddress: String(o.clusterAddress ?? ""), lastIndex: Number(o.lastIndex ?? 0) };
     },
   };
 }
@@ -78,6 +80,11 @@ export const PEER_SERVICE: grpc.ServiceDefinition = {
     responseSerialize: () => Buffer.alloc(0),
     responseDeserialize: () => ({}),
   },
+  catchUp: {
+    ...grpcMethod("Peer", "CatchUp", "RaftBatch", "CatchUpResult", { requestStream: true }),
+    requestSerialize: (messages: readonly Message[]) => Buffer.from(encodeRaftBatch(messages)),
+    requestDeserialize: (b: Buffer): DecodeResult => decodeRaftBatch(b),
+  },
   forwardAppend: grpcMethod("Peer", "ForwardAppend", "AppendRequest", "AppendResponse"),
   readIndex: grpcMethod("Peer", "ReadIndex", "ReadIndexRequest", "ReadIndexResponse"),
 };
@@ -88,11 +95,22 @@ export interface PeerRequestHandlers {
   forwardAppend(request: Plain): Promise<Plain>;
   /** A linearizable read point (this node leads). */
   readIndex(): Promise<number>;
+  /**
+   * Installs one APPEND of a catch-up stream from the leader `from` (this node follows): resolves
+   * once it is durable, rejects when the core did not take it (then the stream ends there).
+   */
+  installCatchUp(message: Extract<Message, { type: "APPEND" }>): Promise<void>;
+  /** This node's last log index (the answer to a catch-up stream). */
+  lastIndex(): number;
 }
+
+/** How long one catch-up stream may take in all. */
+export const CATCH_UP_STREAM_MS_MAX = 30 * 60 * 1000;
 
 const PeerClient = grpc.makeGenericClientConstructor(PEER_SERVICE, "Peer");
 type UnaryStub = (req: Plain, options: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: Plain) => void) => grpc.ClientUnaryCall;
 type PeerClientInstance = InstanceType<typeof PeerClient> & {
+  catchUp(options: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: Plain) => void): grpc.ClientWritableStream<readonly Message[]>;
   forwardAppend: UnaryStub;
   readIndex: UnaryStub;
   hello(req: Partial<Hello>, options: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: Hello) => void): grpc.ClientUnaryCall;
@@ -123,6 +141,8 @@ export interface PeerTransportOptions {
   onMessages: (messages: Message[]) => void;
   /** Serves the requests followers forward to this node when it leads. */
   requests?: PeerRequestHandlers;
+  /** This node's last log index, announced in Hello answers. */
+  lastIndex?: () => number;
   logger?: TransportLogger;
 }
 
@@ -141,6 +161,8 @@ class PeerLink {
   client: PeerClientInstance | undefined;
   stream: grpc.ClientWritableStream<readonly Message[]> | undefined;
   peerId: NodeId | undefined;
+  /** The peer's last log index as its latest Hello answer said. */
+  peerLastIndex = 0;
   private redialDelay = PEER_REDIAL_DELAY_MS_MIN;
   private timer: NodeJS.Timeout | undefined;
   /** A Hello in flight, cancelled when the link closes. */
@@ -171,6 +193,7 @@ class PeerLink {
         return;
       }
       this.peerId = res.nodeId as NodeId;
+      this.peerLastIndex = res.lastIndex ?? 0;
       this.openStream();
     });
   }
@@ -239,6 +262,7 @@ export class PeerTransport implements TransportPort {
     this.server.addService(PEER_SERVICE, {
       hello: (call: grpc.ServerUnaryCall<Hello, Hello>, cb: grpc.sendUnaryData<Partial<Hello>>) => this.onHello(call, cb),
       raft: (call: grpc.ServerReadableStream<DecodeResult, unknown>, cb: grpc.sendUnaryData<unknown>) => this.onRaft(call, cb),
+      catchUp: (call: grpc.ServerReadableStream<DecodeResult, Plain>, cb: grpc.sendUnaryData<Plain>) => this.onCatchUp(call, cb),
       forwardAppend: (call: grpc.ServerUnaryCall<Plain, Plain>, cb: grpc.sendUnaryData<Plain>) =>
         this.serveRequest(call, cb, (h) => h.forwardAppend(call.request)),
       readIndex: (call: grpc.ServerUnaryCall<Plain, Plain>, cb: grpc.sendUnaryData<Plain>) =>
@@ -254,6 +278,13 @@ export class PeerTransport implements TransportPort {
   /** The node id announced by the peer at `address`, once its Hello was answered. */
   peerIdAt(address: string): NodeId | undefined {
     return this.links.get(address)?.peerId;
+  }
+
+  /** The highest last log index the connected peers announced (0 when none holds entries). */
+  peersLastIndex(): number {
+    let max = 0;
+    for (const link of this.byId.values()) max = Math.max(max, link.peerLastIndex);
+    return max;
   }
 
   /** The address this node dials a peer at, when it has a link to it. */
@@ -305,6 +336,34 @@ export class PeerTransport implements TransportPort {
     );
   }
 
+  /**
+   * Opens a catch-up stream to peer `to`: `send` writes one batch and resolves when the stream can
+   * take more; `finish` ends it and resolves with the follower's last index.
+   */
+  openCatchUp(to: NodeId): { send(messages: readonly Message[]): Promise<void>; finish(): Promise<number>; cancel(): void } {
+    const client = this.byId.get(to)?.client;
+    if (client === undefined) throw new VerityError(ErrorCode.UNAVAILABLE, `no connection to node ${to}`);
+    let answer: (r: { err: grpc.ServiceError | null; res: Plain | undefined }) => void = () => {};
+    const answered = new Promise<{ err: grpc.ServiceError | null; res: Plain | undefined }>((r) => (answer = r));
+    const stream = client.catchUp({ deadline: new Date(Date.now() + CATCH_UP_STREAM_MS_MAX) }, (err, res) => answer({ err, res }));
+    // Rejects once the follower answers, so a `send` waiting for room stops waiting; only `send` observes it.
+    const ended = answered.then(({ err }) => {
+      throw err ?? new VerityError(ErrorCode.UNAVAILABLE, "the follower ended the catch-up stream early");
+    });
+    ended.catch(() => {});
+    return {
+      send: (messages) =>
+        stream.write(messages) ? Promise.resolve() : Promise.race([new Promise<void>((r) => stream.once("drain", () => r())), ended]),
+      finish: async () => {
+        stream.end();
+        const { err, res } = await answered;
+        if (err !== null) throw err;
+        return Number(res?.lastIndex ?? 0);
+      },
+      cancel: () => stream.cancel(),
+    };
+  }
+
   /** Closes every link, then the server: gracefully for PEER_SHUTDOWN_GRACE_MS, then by force. */
   async stop(): Promise<void> {
     for (const link of this.links.values()) link.close();
@@ -324,7 +383,7 @@ export class PeerTransport implements TransportPort {
   // ---- used by PeerLink ----
 
   hello(): Partial<Hello> {
-    return { nodeId: this.nodeId, clusterId: this.clusterId, clusterAddress: this.boundAddress };
+    return { nodeId: this.nodeId, clusterId: this.clusterId, clusterAddress: this.boundAddress, lastIndex: this.options.lastIndex?.() ?? 0 };
   }
 
   linkUp(link: PeerLink): void {
@@ -402,6 +461,44 @@ export class PeerTransport implements TransportPort {
     body(handlers).then(
       (res) => cb(null, res),
       (e: unknown) => cb(toServiceError(e)),
+    );
+  }
+
+  /**
+   * A leader streams committed entries to this node: each batch must be one APPEND from the same
+   * leader to this node; each is installed (durable) before the next is read.
+   */
+  private onCatchUp(call: grpc.ServerReadableStream<DecodeResult, Plain>, cb: grpc.sendUnaryData<Plain>): void {
+    const refused = this.refuseUnlessNode(call);
+    if (refused !== undefined) {
+      cb({ code: grpc.status.PERMISSION_DENIED, details: refused });
+      return;
+    }
+    const handlers = this.options.requests;
+    if (handlers === undefined) {
+      cb({ code: grpc.status.UNAVAILABLE, details: "this node is still starting; retry shortly" });
+      return;
+    }
+    const install = async (): Promise<void> => {
+      let leader: NodeId | undefined;
+      // Bounded by the leader's stream, which ends at its commit index (and by its deadline).
+      for await (const batch of call as AsyncIterable<DecodeResult>) {
+        if (!batch.ok) throw new VerityError(ErrorCode.INVALID_ARGUMENT, `invalid catch-up batch: ${batch.reason}`);
+        for (const m of batch.messages) {
+          if (m.type !== "APPEND" || m.to !== this.nodeId || (leader !== undefined && m.from !== leader)) {
+            throw new VerityError(ErrorCode.INVALID_ARGUMENT, `a catch-up stream carries APPENDs from one leader to this node, not ${m.type} from ${m.from} to ${m.to}`);
+          }
+          leader = m.from;
+          await handlers.installCatchUp(m);
+        }
+      }
+    };
+    install().then(
+      () => cb(null, { lastIndex: handlers.lastIndex() }),
+      (e: unknown) => {
+        this.log("warn", { error: e instanceof Error ? e.message : String(e) }, "catch-up stream from the leader stopped");
+        cb(toServiceError(e));
+      },
     );
   }
 

@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { TestCa } from "../helpers/certs.js";
 import { tempDir } from "../helpers/log-fixtures.js";
+import { VerityClient } from "../../src/client/verity-client.js";
 import { AdminClient, ProcessCluster, exited, until, type ProcessNode } from "../helpers/process-cluster.js";
 
 const tmp = tempDir("cluster");
@@ -97,6 +98,12 @@ describe("a 3-node cluster of real processes with mutual TLS", () => {
     // A follower loses its disk: restarted with the same node id and an empty data dir, it
     // rejoins and catches up by itself (the guide's "Single Node Failure" procedure).
     const wiped = remaining.find((n) => n !== third.leader)!;
+    // Enough entries that the leader streams them (more than CATCH_UP_LAG_ENTRIES behind).
+    const writer = new VerityClient({ endpoints: [`127.0.0.1:${third.leader.client}`], tls: { ca: ca.cert, ...procs.admin }, attempts: 30 });
+    for (let batch = 0; batch < 15; batch++) {
+      await writer.append({ tenant: "acme", stream: "bulk", events: Array.from({ length: 100 }, (_, i) => ({ type: "Bulk", data: { i: batch * 100 + i } })) });
+    }
+    writer.close();
     wiped.process!.kill("SIGTERM");
     expect(await exited(wiped.process!)).toBe(0);
     rmSync(join(tmp.path, `node${wiped.id}`), { recursive: true, force: true });
@@ -109,6 +116,13 @@ describe("a 3-node cluster of real processes with mutual TLS", () => {
       const st = await status(wiped);
       return st?.state === "follower" && (st.applied_index as number) >= (leaderStatus.commit_index as number) ? st : undefined;
     });
+    const leaderMetrics = await (await fetch(`http://127.0.0.1:${third.leader.metrics}/metrics`)).text();
+    expect(leaderMetrics).toMatch(/^verity_catch_up_streams_total\{result="ok"\} [1-9]/m);
+    expect(leaderMetrics).toMatch(/^verity_catch_up_entries_total [1-9]\d{3,}/m);
+    const reader = new VerityClient({ endpoints: [`127.0.0.1:${wiped.client}`], tls: { ca: ca.cert, ...procs.admin }, attempts: 30 });
+    const read = await reader.read({ tenant: "acme", stream: "bulk", consistency: "local", limit: 2000 });
+    expect(read.events.map((e) => e.version)).toEqual(Array.from({ length: 1500 }, (_, i) => i));
+    reader.close();
 
     for (const n of nodes) {
       n.process!.kill("SIGTERM");

@@ -33,7 +33,7 @@ function logWithTerms(terms: readonly number[], committed = 0): RaftLog {
 }
 
 /** A core for node `id` of voters 1..voters, restarted with the given durable log terms and commit. */
-function coreWithLog(id: number, terms: readonly number[], commit: number, voters = 3): RaftCore {
+function coreWithLog(id: number, terms: readonly number[], commit: number, voters = 3, recoverUntil = 0): RaftCore {
   const runs: Array<{ firstIndex: LogIndex; term: Term }> = [];
   terms.forEach((t, i) => {
     if (runs[runs.length - 1]?.term !== t) runs.push({ firstIndex: idx(i + 1), term: trm(t) });
@@ -50,6 +50,7 @@ function coreWithLog(id: number, terms: readonly number[], commit: number, voter
       log: { baseIndex: idx(0), baseTerm: trm(0), lastIndex: idx(terms.length), termRuns: runs },
       membership: [{ index: idx(0), config: votersUpTo(voters) }],
       appliedIndex: idx(commit),
+      recoverUntilIndex: idx(recoverUntil),
     },
   );
 }
@@ -88,6 +89,31 @@ describe("vote: the up-to-date check", () => {
     const ready = core.ready();
     expect(ready.hardState).toEqual({ term: 5, vote: 2, commit: 0 });
     expect(ready.messages.map((m) => (m.type === "VOTE_RESPONSE" ? [m.to, m.granted] : []))).toEqual([[2, true], [3, false]]);
+  });
+});
+
+describe("rejoining with an empty log", () => {
+  it("grants no vote and never campaigns until it holds the index its peers held, then takes its leader as its vote", () => {
+    // Node 3 lost its disk; its peers held entries up to 4 when it came back.
+    const core = coreWithLog(3, [], 0, 3, 4);
+    const vote: Message = { type: "VOTE", from: nid(2), to: nid(3), term: trm(5), lastLogIndex: idx(0), lastLogTerm: trm(0), leaderTransfer: false };
+    core.step(vote);
+    let ready = core.ready();
+    expect(ready.messages).toEqual([expect.objectContaining({ type: "VOTE_RESPONSE", to: 2, granted: false })]);
+    expect(ready.hardState?.vote ?? 0).toBe(0);
+    core.advance(ready);
+    for (let t = 0; t < 40; t++) core.tick();
+    expect(core.status().role).toBe("FOLLOWER"); // no campaign
+    expect(core.hasReady() ? core.ready().messages.filter((m) => m.type === "VOTE" || m.type === "PRE_VOTE") : []).toEqual([]);
+    // Node 1 leads term 6 and brings it up to index 4.
+    const entries = [1, 2, 3, 4].map((i) => entry(6, i));
+    core.step({ type: "APPEND", from: nid(1), to: nid(3), term: trm(6), prevIndex: idx(0), prevTerm: trm(0), entries, commit: idx(4) });
+    ready = core.ready();
+    core.advance(ready);
+    // Recovered: it votes for its leader in this term, so it cannot vote for anyone else in it.
+    expect(core.status()).toMatchObject({ term: 6, vote: 1, commit: 4 });
+    core.step({ ...vote, term: trm(6), from: nid(2), lastLogIndex: idx(4), lastLogTerm: trm(6) });
+    expect(core.ready().messages).toContainEqual(expect.objectContaining({ type: "VOTE_RESPONSE", to: 2, granted: false }));
   });
 });
 
