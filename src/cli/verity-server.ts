@@ -3,8 +3,8 @@
  * environment variables, the TOML file, defaults: src/server/settings.ts), opens the data
  * directory, recovers the log (cutting a torn tail, refusing corruption), records the node's
  * identity in meta/state.json, and runs the node (src/server/node.ts): Raft with its peers on the
- * cluster port, HTTP health and status on the client port, until SIGINT or SIGTERM (a leader hands
- * over leadership first). The data-plane gRPC API and /metrics join in later builds.
+ * cluster port; the Client and Admin gRPC APIs with HTTP health and status on the client port;
+ * /metrics on the metrics address; until SIGINT or SIGTERM (a leader hands over leadership first).
  */
 
 import { hideBin } from "yargs/helpers";
@@ -24,10 +24,9 @@ const DESCRIPTION =
   "Run one VerityDB node. With no options: a single-node cluster with data in ./data, on loopback.\n" +
   "Settings come from, strongest first: flags, VERITY_* environment variables, the --config file,\n" +
   "built-in defaults (docs/configuration.md). Port 0 picks a free port; the chosen ports are logged.\n" +
-  "This build serves /health/live, /health/ready and /status on the client port and Raft on the\n" +
-  "cluster port; the data-plane gRPC API and /metrics arrive in later builds.";
+  "The client port serves the gRPC Client and Admin APIs, grpc.health.v1, and HTTP /health/live,\n" +
+  "/health/ready and /status; the cluster port serves Raft; the metrics address serves /metrics.";
 
-const NOT_LISTENING = "checked and logged; this build serves no /metrics yet";
 
 export async function main(argv: string[]): Promise<void> {
   const args = await cli(NAME, argv, DESCRIPTION)
@@ -39,8 +38,12 @@ export async function main(argv: string[]): Promise<void> {
       "cluster-peers": { type: "string", describe: `Comma-separated peer addresses: the other nodes' cluster host:port, e.g. "node2:7001,node3:7001" [env VERITY_CLUSTER_PEERS]` },
       "log-level": { type: "string", describe: "Log level: trace, debug, info, warn, error [env VERITY_LOG_LEVEL; default info]" },
       "cluster-address": { type: "string", describe: `Cluster address host:port for peer (Raft) traffic [env VERITY_SERVER_CLUSTER_ADDRESS; default 127.0.0.1:7001]` },
-      "metrics-address": { type: "string", describe: `Address host:port for Prometheus GET /metrics [env VERITY_TELEMETRY_METRICS_ADDRESS; default 127.0.0.1:9090; ${NOT_LISTENING}]` },
+      "metrics-address": { type: "string", describe: `Address host:port for Prometheus GET /metrics [env VERITY_TELEMETRY_METRICS_ADDRESS; default 127.0.0.1:9090]` },
       join: { type: "boolean", describe: "With a new data directory: join the existing cluster of --cluster-peers (an admin then adds this node with AddLearner) instead of forming a new one [env VERITY_JOIN]" },
+      "force-recover": {
+        type: "boolean",
+        describe: "Majority failure only (docs/operations): continue the cluster from this node alone, the survivor with the highest commit index; the other members rejoin as learners and become voters again once caught up. Flag only",
+      },
       insecure: { type: "boolean", describe: "Allow plaintext (no TLS) on a non-loopback address [env VERITY_INSECURE]" },
       validate: { type: "boolean", describe: "Check the configuration and exit: 0 with a summary, or 1 with every problem, one per line. Opens nothing" },
     })

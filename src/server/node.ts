@@ -24,7 +24,8 @@ import { RaftDriver } from "../consensus/driver.js";
 import { startStateFromDisk } from "../consensus/driver-start.js";
 import { Xoshiro128StarStar } from "../consensus/prng.js";
 import { Role, type MembershipConfig } from "../consensus/types.js";
-import { membershipConfig } from "../consensus/membership.js";
+import { encodeConfig, membershipConfig } from "../consensus/membership.js";
+import { RecordKind } from "../log/types.js";
 import type { DataDir } from "../log/data-dir.js";
 import { ErrorCode, FailedPreconditionError, VerityError } from "../errors.js";
 import type { NodeId } from "../log/types.js";
@@ -77,6 +78,9 @@ const GRPC_MESSAGE_BYTES_MAX = BATCH_BYTES_MAX + 1024 * 1024;
 
 export class VerityNode implements AdminTarget, ClientServiceTarget {
   private ticker: NodeJS.Timeout | undefined;
+  /** Members to make voters again once caught up, after --force-recover (this process only). */
+  private readonly promoteAfterRecovery = new Set<number>();
+  private promoting = false;
   private readonly lastSeen = new Map<number, number>();
   private peerAuthFailuresCounted = 0;
   /** Called when the node can no longer run (the driver stopped on a failure). */
@@ -221,6 +225,7 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
     );
     try {
       const bootstrap = await node.bootstrapConfig(peers.length, abort);
+      if (settings.forceRecover) await node.forceRecover(bootstrap);
       await node.startConsensus(bootstrap);
     } catch (e) {
       await node.stop().catch(() => {});
@@ -268,6 +273,57 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
     await this.dir.saveCommittedMembership(0, config.voters, config.learners);
     this.logger.info({ voters: config.voters }, "new cluster formed");
     return config;
+  }
+
+  /**
+   * The guide's "Majority Failure" procedure (`--force-recover`): this node, the survivor with the
+   * highest commit index, continues the cluster alone. It appends a configuration in which it is
+   * the only voter and every other member is a learner, and records it as committed: the quorum
+   * that could confirm anything else is gone. The other members, started again, get its log as
+   * learners and are promoted back to voters once caught up (`promoteAfterRecovery`). Entries that
+   * only the lost members held are lost.
+   */
+  async forceRecover(bootstrap: MembershipConfig): Promise<void> {
+    if (this.dir.log.lastIndex === 0) {
+      throw new FailedPreconditionError("--force-recover needs this node's old data directory, and this one has an empty log: start the surviving node with the highest commit index with it");
+    }
+    const self = this.dir.meta.nodeId as NodeId;
+    const start = await startStateFromDisk(this.dir, bootstrap, this.stateMachine.store.appliedPosition);
+    const before = start.membership[start.membership.length - 1]!.config;
+    const others = [...before.voters, ...before.learners].filter((id) => id !== self);
+    const config = membershipConfig([self], others);
+    const log = this.dir.log;
+    const term = Math.max(1, this.dir.meta.term);
+    if (term !== this.dir.meta.term) await this.dir.saveTermAndVote(term, 0);
+    const index = log.lastIndex + 1;
+    await log.append([{ term, index, kind: RecordKind.MEMBERSHIP, tenant: "", payload: encodeConfig(config) }]);
+    await this.dir.saveCommittedMembership(index, config.voters, config.learners);
+    for (const id of others) this.promoteAfterRecovery.add(id);
+    this.logger.warn(
+      { previous_voters: before.voters, previous_learners: before.learners, learners: others, index },
+      "force-recover: this node continues the cluster as its only voter; every entry in its log counts as committed. " +
+        "Start the other members one at a time: each syncs from this node as a learner and becomes a voter again once caught up",
+    );
+  }
+
+  /** After --force-recover: promotes the old members back to voters, one at a time, once caught up. */
+  private promoteRecoveredMembers(): void {
+    const d = this.driver;
+    if (this.promoting || this.promoteAfterRecovery.size === 0 || d === undefined) return;
+    const s = d.raft.status();
+    if (s.role !== Role.LEADER) return;
+    const ready = s.progress.find((p) => this.promoteAfterRecovery.has(p.id) && s.config.learners.includes(p.id) && p.match >= s.commit);
+    if (ready === undefined) return;
+    this.promoting = true;
+    this.changeMembership({ type: "PROMOTE_LEARNER", node: ready.id }).then(
+      () => {
+        this.promoteAfterRecovery.delete(ready.id);
+        this.logger.info({ node: ready.id }, "force-recover: a returning member caught up and is a voter again");
+      },
+      (e: unknown) => this.logger.warn({ node: ready.id, error: e instanceof Error ? e.message : String(e) }, "force-recover: promoting a returning member failed; retrying"),
+    ).finally(() => {
+      this.promoting = false;
+    });
   }
 
   private async startConsensus(bootstrap: MembershipConfig): Promise<void> {
@@ -339,6 +395,7 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
     this.ticker = setInterval(() => {
       this.driver?.tick();
       // grpc.health.v1 follows /health/ready, checked every 10 ticks.
+      if (ticks % 100 === 0) this.promoteRecoveredMembers();
       if (++ticks % 10 === 0 && this.ready() !== serving) {
         serving = !serving;
         this.health.setStatus("", serving ? "SERVING" : "NOT_SERVING");

@@ -88,7 +88,7 @@ export class ProcessCluster {
   }
 
   /** Starts `node` with `peers` as its --cluster-peers (default: every other node added). */
-  start(node: ProcessNode, options: { peers?: ProcessNode[]; join?: boolean; clients?: { identity: string; tenants: string[] }[] } = {}): void {
+  start(node: ProcessNode, options: { peers?: ProcessNode[]; join?: boolean; clients?: { identity: string; tenants: string[] }[]; args?: string[] } = {}): void {
     const cert = this.ca.issue(`node-${node.id}`);
     // [[security.clients]] exists only in the config file.
     const config = join(this.dir, `node${node.id}.toml`);
@@ -97,7 +97,7 @@ export class ProcessCluster {
     const child = spawn(process.execPath, [join(root, "bin", "verity-server.js"),
       "--config", config, "--node-id", String(node.id), "--data-dir", join(this.dir, `node${node.id}`),
       "--bind", `127.0.0.1:${node.client}`, "--cluster-address", `127.0.0.1:${node.cluster}`, "--cluster-peers", peers,
-      "--metrics-address", `127.0.0.1:${node.metrics}`, ...(options.join === true ? ["--join"] : [])], {
+      "--metrics-address", `127.0.0.1:${node.metrics}`, ...(options.join === true ? ["--join"] : []), ...(options.args ?? [])], {
       stdio: ["ignore", "pipe", "pipe"],
       env: {
         ...process.env, VERITY_SECURITY_TLS_CERT: cert.cert, VERITY_SECURITY_TLS_KEY: cert.key, VERITY_SECURITY_TLS_CA: this.ca.cert,
