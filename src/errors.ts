@@ -23,6 +23,8 @@ export const ErrorCode = {
   NOT_LEADER: "NOT_LEADER",
   /** Temporarily unable to serve; retry later. */
   UNAVAILABLE: "UNAVAILABLE",
+  /** The operation ran out of its time limit (a query over `max_query_duration`). */
+  DEADLINE_EXCEEDED: "DEADLINE_EXCEEDED",
   /** The caller is not allowed to do this. */
   PERMISSION_DENIED: "PERMISSION_DENIED",
   /** The operating system refused an I/O operation (permissions, disk full, EIO). */
@@ -65,6 +67,7 @@ export const grpcStatusOf: Readonly<Record<ErrorCode, number>> = {
   WRONG_EXPECTED_VERSION: GrpcStatus.FAILED_PRECONDITION,
   NOT_LEADER: GrpcStatus.UNAVAILABLE,
   UNAVAILABLE: GrpcStatus.UNAVAILABLE,
+  DEADLINE_EXCEEDED: GrpcStatus.DEADLINE_EXCEEDED,
   PERMISSION_DENIED: GrpcStatus.PERMISSION_DENIED,
   IO_ERROR: GrpcStatus.UNAVAILABLE,
   INTERNAL: GrpcStatus.INTERNAL,
