@@ -51,6 +51,12 @@ export type BatchOutcome =
       readonly expected: ExpectedVersion;
       /** The stream's last version when the batch was decided; undefined when it had no events. */
       readonly actualVersion: number | undefined;
+    }
+  | {
+      readonly ok: false;
+      readonly code: typeof ErrorCode.NOT_FOUND;
+      /** The tenant did not exist when the batch was decided. */
+      readonly tenant: string;
     };
 
 /** The state the decisions depend on, as of the entries before the one being decided. */
@@ -59,6 +65,8 @@ export interface EventStateView {
   lastVersion(tenant: string, stream: string): number | undefined;
   /** The stored outcome of an earlier batch with this request id, if it is still remembered. */
   outcome(tenant: string, requestId: string): BatchOutcome | undefined;
+  /** Whether the tenant was created (by an ADMIN entry before this one). */
+  tenantExists(tenant: string): boolean;
 }
 
 export type Decision =
@@ -78,7 +86,15 @@ export type Decision =
       readonly stream: string;
       readonly requestId: string;
       readonly positions: readonly [number, number];
-      readonly outcome: BatchOutcome & { ok: false };
+      readonly outcome: BatchOutcome & { ok: false; code: typeof ErrorCode.WRONG_EXPECTED_VERSION };
+    }
+  /** The tenant does not exist: the entries are void and nothing is remembered (a retry after creating it appends). */
+  | {
+      readonly kind: "refused";
+      readonly tenant: string;
+      readonly stream: string;
+      readonly positions: readonly [number, number];
+      readonly outcome: BatchOutcome & { ok: false; code: typeof ErrorCode.NOT_FOUND };
     }
   /** A retry of a request id already decided: the entries are void, the first outcome stands. */
   | {
@@ -177,6 +193,9 @@ export class BatchAssembler {
     const positions = [first.position, last.position] as const;
     const { tenant, stream } = first;
     const requestId = first.batch.requestId;
+    if (!state.tenantExists(tenant)) {
+      return { kind: "refused", tenant, stream, positions, outcome: { ok: false, code: ErrorCode.NOT_FOUND, tenant } };
+    }
     if (requestId !== "") {
       const earlier = state.outcome(tenant, requestId);
       if (earlier !== undefined) return { kind: "duplicate", tenant, requestId, positions, outcome: earlier };

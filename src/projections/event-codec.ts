@@ -87,3 +87,42 @@ export function decodeEventRecord(position: number, tenant: string, payload: Uin
     },
   };
 }
+
+/** An ADMIN entry's command (proto AdminCommand), with its body as plain JSON for the projector. */
+export type AdminCommand =
+  | { readonly kind: "createTenant"; readonly body: Record<string, never> }
+  | { readonly kind: "migrate"; readonly body: { readonly name: string; readonly sql: string } }
+  | { readonly kind: "createProjection"; readonly body: { readonly definitionJson: string; readonly fromStart: boolean } }
+  | { readonly kind: "rebuildProjection"; readonly body: { readonly name: string } };
+
+let adminType: protobuf.Type | undefined;
+const adminCommandType = (): protobuf.Type => (adminType ??= protoType("AdminCommand"));
+
+export function encodeAdminCommand(c: AdminCommand): Uint8Array {
+  const t = adminCommandType();
+  return t.encode(t.fromObject({ [c.kind]: c.body })).finish();
+}
+
+/** Decodes an ADMIN entry's payload; undefined when it does not decode. */
+export function decodeAdminCommand(payload: Uint8Array): AdminCommand | undefined {
+  try {
+    const t = adminCommandType();
+    const o = t.toObject(t.decode(payload), { defaults: true, oneofs: true }) as Record<string, unknown>;
+    const kind = o.command as AdminCommand["kind"] | undefined;
+    const body = (o[kind ?? ""] ?? {}) as Record<string, unknown>;
+    switch (kind) {
+      case "createTenant":
+        return { kind, body: {} };
+      case "migrate":
+        return { kind, body: { name: String(body.name ?? ""), sql: String(body.sql ?? "") } };
+      case "createProjection":
+        return { kind, body: { definitionJson: String(body.definitionJson ?? ""), fromStart: Boolean(body.fromStart) } };
+      case "rebuildProjection":
+        return { kind, body: { name: String(body.name ?? "") } };
+      default:
+        return undefined;
+    }
+  } catch {
+    return undefined;
+  }
+}

@@ -29,7 +29,11 @@ CREATE TABLE IF NOT EXISTS streams (
   tenant TEXT NOT NULL, stream TEXT NOT NULL, version INTEGER NOT NULL,
   PRIMARY KEY (tenant, stream)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
-  tenant TEXT NOT NULL, position INTEGER NOT NULL, stream TEXT NOT NULL, version INTEGER NOT NULL,
+  tenant TEXT NOT NULL, position INTEGER NOT NULL, stream TEXT NOT NULL, version INTEGER NOT NULL, bytes INTEGER NOT NULL,
+  PRIMARY KEY (tenant, position)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tenants (tenant TEXT PRIMARY KEY, created_at INTEGER NOT NULL, streams INTEGER NOT NULL, events INTEGER NOT NULL, bytes INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tenant_commands (
+  tenant TEXT NOT NULL, position INTEGER NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL,
   PRIMARY KEY (tenant, position)) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS events_by_stream ON events (tenant, stream, version);
 CREATE TABLE IF NOT EXISTS tenant_batches (tenant TEXT PRIMARY KEY, decided INTEGER NOT NULL) WITHOUT ROWID;
@@ -43,6 +47,14 @@ export interface IndexedEvent {
   readonly position: number;
   readonly stream: string;
   readonly version: number;
+}
+
+export interface TenantRow {
+  readonly tenant: string;
+  readonly createdAt: number;
+  readonly streams: number;
+  readonly events: number;
+  readonly bytes: number;
 }
 
 export interface StreamSummary {
@@ -65,7 +77,16 @@ export class EventStore implements EventStateView {
       setApplied: s("INSERT INTO applied (id, position) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET position = excluded.position"),
       version: s("SELECT version FROM streams WHERE tenant = ? AND stream = ?").pluck(),
       setVersion: s("INSERT INTO streams (tenant, stream, version) VALUES (?, ?, ?) ON CONFLICT (tenant, stream) DO UPDATE SET version = excluded.version"),
-      addEvent: s("INSERT INTO events (tenant, position, stream, version) VALUES (?, ?, ?, ?)"),
+      addEvent: s("INSERT INTO events (tenant, position, stream, version, bytes) VALUES (?, ?, ?, ?, ?)"),
+      lastEventPosition: s("SELECT MAX(position) FROM events WHERE tenant = ?").pluck(),
+      tenantExists: s("SELECT 1 FROM tenants WHERE tenant = ?").pluck(),
+      addTenant: s("INSERT INTO tenants (tenant, created_at, streams, events, bytes) VALUES (?, ?, 0, 0, 0)"),
+      countEvents: s("UPDATE tenants SET streams = streams + ?, events = events + ?, bytes = bytes + ? WHERE tenant = ?"),
+      tenantRow: s("SELECT tenant, created_at AS createdAt, streams, events, bytes FROM tenants WHERE tenant = ?"),
+      tenantRows: s("SELECT tenant, created_at AS createdAt, streams, events, bytes FROM tenants ORDER BY tenant"),
+      addCommand: s("INSERT INTO tenant_commands (tenant, position, kind, body) VALUES (?, ?, ?, ?)"),
+      commands: s("SELECT position, kind, body FROM tenant_commands WHERE tenant = ? AND position >= ? AND position <= ? ORDER BY position LIMIT ?"),
+      tenantEventsUpTo: s("SELECT position, stream, version FROM events WHERE tenant = ? AND position >= ? AND position <= ? ORDER BY position LIMIT ?"),
       decided: s("SELECT decided FROM tenant_batches WHERE tenant = ?").pluck(),
       setDecided: s("INSERT INTO tenant_batches (tenant, decided) VALUES (?, ?) ON CONFLICT (tenant) DO UPDATE SET decided = excluded.decided"),
       outcome: s("SELECT seq, outcome FROM requests WHERE tenant = ? AND request_id = ?"),
@@ -74,7 +95,7 @@ export class EventStore implements EventStateView {
       streamEvents: s("SELECT position, stream, version FROM events WHERE tenant = ? AND stream = ? AND version >= ? ORDER BY version LIMIT ?"),
       tenantEvents: s("SELECT position, stream, version FROM events WHERE tenant = ? AND position >= ? ORDER BY position LIMIT ?"),
       tenantStreamEvents: s("SELECT position, stream, version FROM events WHERE tenant = ? AND stream = ? AND position >= ? ORDER BY position LIMIT ?"),
-      tenantCount: s("SELECT COUNT(DISTINCT tenant) FROM streams").pluck(),
+      tenantCount: s("SELECT COUNT(*) FROM tenants").pluck(),
       tenants: s("SELECT tenant, COUNT(*) AS streams, SUM(version + 1) AS events FROM streams GROUP BY tenant ORDER BY tenant"),
     };
     const row = this.statements.applied.get() as { position: number } | undefined;
@@ -139,15 +160,23 @@ export class EventStore implements EventStateView {
   record(decision: Decision): void {
     const st = this.statements;
     switch (decision.kind) {
-      case "appended":
-        for (const e of decision.events) st.addEvent.run(decision.tenant, e.position, decision.stream, e.version);
+      case "appended": {
+        let bytes = 0;
+        for (const e of decision.events) {
+          st.addEvent.run(decision.tenant, e.position, decision.stream, e.version, e.data.length);
+          bytes += e.data.length;
+        }
+        const newStream = decision.outcome.firstVersion === 0 ? 1 : 0;
         st.setVersion.run(decision.tenant, decision.stream, decision.outcome.lastVersion);
+        st.countEvents.run(newStream, decision.events.length, bytes, decision.tenant);
         this.remember(decision.tenant, decision.requestId, decision.outcome);
         return;
+      }
       case "rejected":
         this.remember(decision.tenant, decision.requestId, decision.outcome);
         return;
       case "duplicate":
+      case "refused":
       case "void":
         return;
     }
@@ -181,7 +210,44 @@ export class EventStore implements EventStateView {
     return this.statements.tenants.all() as StreamSummary[];
   }
 
-  /** How many tenants have at least one stream. */
+  tenantExists(tenant: string): boolean {
+    return this.statements.tenantExists.get(tenant) !== undefined;
+  }
+
+  /** Records a tenant created by the ADMIN entry at `position`; call inside `transaction`. */
+  createTenant(tenant: string, position: number): void {
+    this.statements.addTenant.run(tenant, position);
+  }
+
+  /** Records a schema or projection command of a tenant, for its projector; call inside `transaction`. */
+  addCommand(tenant: string, position: number, kind: string, body: string): void {
+    this.statements.addCommand.run(tenant, position, kind, body);
+  }
+
+  /** A tenant's commands with positions in [from, to], in order. */
+  commands(tenant: string, from: number, to: number, limit: number): { position: number; kind: string; body: string }[] {
+    return this.statements.commands.all(tenant, from, to, limit) as { position: number; kind: string; body: string }[];
+  }
+
+  /** A tenant's events with positions in [from, to], in order. */
+  tenantEventsUpTo(tenant: string, from: number, to: number, limit: number): IndexedEvent[] {
+    return this.statements.tenantEventsUpTo.all(tenant, from, to, limit) as IndexedEvent[];
+  }
+
+  /** The position of the tenant's last event (0 when it has none). */
+  lastEventPosition(tenant: string): number {
+    return (this.statements.lastEventPosition.get(tenant) as number | null) ?? 0;
+  }
+
+  tenant(tenant: string): TenantRow | undefined {
+    return this.statements.tenantRow.get(tenant) as TenantRow | undefined;
+  }
+
+  tenantList(): TenantRow[] {
+    return this.statements.tenantRows.all() as TenantRow[];
+  }
+
+  /** How many tenants exist. */
   tenantCount(): number {
     return this.statements.tenantCount.get() as number;
   }

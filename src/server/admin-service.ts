@@ -9,7 +9,8 @@ import * as grpc from "@grpc/grpc-js";
 import { grpcStatusOf, type ErrorCode } from "../errors.js";
 import type { NodeId } from "../log/types.js";
 import type { MembershipChange } from "../consensus/types.js";
-import { grpcMethod } from "./grpc-methods.js";
+import { grpcMethod, toServiceError } from "./grpc-methods.js";
+import type { TenantAdmin } from "./tenant-admin.js";
 
 /** What the service needs from the node (src/server/node.ts implements it). */
 export interface AdminTarget {
@@ -24,6 +25,10 @@ export interface AdminTarget {
   transferLeadership(to: number): Promise<number>;
   /** Resolves with the committed configuration, or throws an AdminError. */
   changeMembership(change: MembershipChange | { type: "ADD_LEARNER_AT"; address: string }): Promise<Record<string, unknown>>;
+  /** Tenants, schema and projections. */
+  tenantAdmin(): TenantAdmin;
+  /** The commit index this node knows. */
+  commitIndex(): number;
 }
 
 /** A refusal with its error code, mapped to a gRPC status for the caller. */
@@ -45,6 +50,14 @@ export const ADMIN_SERVICE: grpc.ServiceDefinition = {
   promoteMember: unary("PromoteMember", "MemberRequest", "MembershipResponse"),
   removeMember: unary("RemoveMember", "MemberRequest", "MembershipResponse"),
   transferLeadership: unary("TransferLeadership", "TransferLeadershipRequest", "TransferLeadershipResponse"),
+  createTenant: unary("CreateTenant", "TenantRequest", "CommandResponse"),
+  listTenants: unary("ListTenants", "ListTenantsRequest", "ListTenantsResponse"),
+  showTenant: unary("ShowTenant", "TenantRequest", "TenantInfo"),
+  migrate: unary("Migrate", "MigrateRequest", "CommandResponse"),
+  showSchema: unary("ShowSchema", "TenantRequest", "SchemaInfo"),
+  createProjection: unary("CreateProjection", "CreateProjectionRequest", "CommandResponse"),
+  projectionStatus: unary("ProjectionStatus", "TenantRequest", "ProjectionStatusResponse"),
+  rebuildProjection: unary("RebuildProjection", "ProjectionRequest", "CommandResponse"),
 };
 
 type Call = grpc.ServerUnaryCall<Record<string, unknown>, Record<string, unknown>>;
@@ -66,12 +79,7 @@ export function adminHandlers(target: AdminTarget, onAuthFailure: () => void): g
     }
     body(call.request).then(
       (response) => done(null, response),
-      (e: unknown) =>
-        done(
-          e instanceof AdminError
-            ? { code: grpcStatusOf[e.code], details: e.message }
-            : { code: grpc.status.INTERNAL, details: `internal error: ${e instanceof Error ? e.message : String(e)}` },
-        ),
+      (e: unknown) => done(e instanceof AdminError ? { code: grpcStatusOf[e.code], details: e.message } : toServiceError(e)),
     );
   };
   const nodeId = (request: Record<string, unknown>): NodeId => {
@@ -92,5 +100,13 @@ export function adminHandlers(target: AdminTarget, onAuthFailure: () => void): g
     }),
     promoteMember: guarded(async (r) => target.changeMembership({ type: "PROMOTE_LEARNER", node: nodeId(r) })),
     removeMember: guarded(async (r) => target.changeMembership({ type: "REMOVE_NODE", node: nodeId(r) })),
+    createTenant: guarded(async (r) => target.tenantAdmin().createTenant(String(r.tenant ?? ""))),
+    listTenants: guarded(async () => ({ tenants: target.tenantAdmin().listTenants() })),
+    showTenant: guarded(async (r) => ({ ...target.tenantAdmin().showTenant(String(r.tenant ?? "")) })),
+    migrate: guarded(async (r) => target.tenantAdmin().migrate(String(r.tenant ?? ""), String(r.sql ?? ""), String(r.name ?? ""))),
+    showSchema: guarded(async (r) => target.tenantAdmin().schema(String(r.tenant ?? "")) as Record<string, unknown>),
+    createProjection: guarded(async (r) => target.tenantAdmin().createProjection(String(r.tenant ?? ""), String(r.definition ?? ""), Boolean(r.fromStart))),
+    projectionStatus: guarded(async (r) => target.tenantAdmin().projectionStatus(String(r.tenant ?? ""), target.commitIndex()) as Record<string, unknown>),
+    rebuildProjection: guarded(async (r) => target.tenantAdmin().rebuildProjection(String(r.tenant ?? ""), String(r.projection ?? ""))),
   };
 }

@@ -14,7 +14,7 @@ import { EVENTS_PER_BATCH_MAX, READ_INDEX_PENDING_MAX } from "../limits.js";
 import type { ExpectedVersion } from "../projections/apply-events.js";
 import { decodeEventRecord, encodeEventRecord, expectedFromProto } from "../projections/event-codec.js";
 import type { IndexedEvent } from "../projections/event-store.js";
-import { PENDING_APPENDS_MAX, type EventStateMachine } from "./event-apply.js";
+import { PENDING_APPENDS_MAX, outcomeError, type EventStateMachine } from "./event-apply.js";
 import { childSpan } from "./tracing.js";
 import type { Span } from "@opentelemetry/api";
 import type { PeerTransport } from "./peer-transport.js";
@@ -135,6 +135,8 @@ export interface DataPlaneDeps {
   readonly log: LogStoragePort;
   readonly limits: DataPlaneLimits;
   readonly nodeId: NodeId;
+  /** `limits.max_streams_per_tenant`, checked on the leader before a new stream's first append. */
+  readonly streamsPerTenantMax: number;
   onForwarded?(): void;
 }
 
@@ -174,6 +176,15 @@ export class DataPlane {
 
   private async appendAsLeader(a: ValidatedAppend): Promise<AppendAnswer> {
     const { driver } = this.role();
+    const store = this.deps.stateMachine.store;
+    const tenant = store.tenant(a.tenant);
+    if (tenant === undefined) throw new VerityError(ErrorCode.NOT_FOUND, `tenant "${a.tenant}" does not exist: create it first (verity-admin tenant create --tenant ${a.tenant})`);
+    if (tenant.streams >= this.deps.streamsPerTenantMax && store.lastVersion(a.tenant, a.stream) === undefined) {
+      throw new QuotaExceededError(
+        "limits.max_streams_per_tenant", this.deps.streamsPerTenantMax,
+        `tenant "${a.tenant}" has ${tenant.streams} streams, limits.max_streams_per_tenant (${this.deps.streamsPerTenantMax}): append to an existing stream, or raise the limit on every node`,
+      );
+    }
     const timestampMs = Date.now();
     const count = a.events.length;
     const entries = a.events.map((e, seq) => ({
@@ -209,10 +220,7 @@ export class DataPlane {
       commit?.end();
     }
     const { outcome, deduplicated } = settled;
-    if (!outcome.ok) {
-      const actual = outcome.actualVersion === undefined ? "has no events" : `is at version ${outcome.actualVersion}`;
-      throw new VerityError(ErrorCode.WRONG_EXPECTED_VERSION, `wrong expected version (request id "${a.requestId}" was decided earlier): stream "${a.stream}" ${actual}; read the stream and retry with its current version`);
-    }
+    if (!outcome.ok) throw outcomeError(outcome, a.stream);
     return { ...outcome, deduplicated };
   }
 

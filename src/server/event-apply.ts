@@ -13,7 +13,7 @@
 import { RecordKind, type LogEntry } from "../log/types.js";
 import type { StateMachinePort } from "../consensus/driver.js";
 import { BatchAssembler, type BatchOutcome, type Decision } from "../projections/apply-events.js";
-import { decodeEventRecord } from "../projections/event-codec.js";
+import { decodeAdminCommand, decodeEventRecord } from "../projections/event-codec.js";
 import type { EventStore } from "../projections/event-store.js";
 import { ErrorCode, QuotaExceededError, VerityError } from "../errors.js";
 
@@ -36,6 +36,28 @@ interface PendingAppend {
   reject(error: Error): void;
 }
 
+/** What an ADMIN entry came to when it was applied. */
+export type CommandResult = { readonly ok: true; readonly position: number } | { readonly ok: false; readonly code: ErrorCode; readonly message: string };
+
+interface PendingCommand {
+  readonly term: number;
+  resolve(result: CommandResult & { ok: true }): void;
+  reject(error: Error): void;
+}
+
+/** The error a failed batch outcome answers with. */
+export function outcomeError(o: BatchOutcome & { ok: false }, stream: string): VerityError {
+  switch (o.code) {
+    case ErrorCode.WRONG_EXPECTED_VERSION: {
+      const actual = o.actualVersion === undefined ? "has no events" : `is at version ${o.actualVersion}`;
+      const expected = o.expected.kind === "exact" ? `version ${o.expected.version}` : o.expected.kind === "no-stream" ? "no stream" : "any";
+      return new VerityError(ErrorCode.WRONG_EXPECTED_VERSION, `wrong expected version: stream "${stream}" ${actual}, the append expected ${expected}; read the stream and retry with its current version`);
+    }
+    case ErrorCode.NOT_FOUND:
+      return new VerityError(ErrorCode.NOT_FOUND, `tenant "${o.tenant}" does not exist: create it first (verity-admin tenant create --tenant ${o.tenant})`);
+  }
+}
+
 interface AppliedWaiter {
   readonly index: number;
   resolve(): void;
@@ -50,6 +72,7 @@ export class EventStateMachine implements StateMachinePort {
   /** Every committed entry up to here has been fed (an open batch may still wait for its end). */
   private fed: number;
   private readonly pending = new Map<number, PendingAppend>();
+  private readonly pendingCommands = new Map<number, PendingCommand>();
   private waiters: AppliedWaiter[] = [];
   private readonly listeners = new Set<() => void>();
 
@@ -57,6 +80,8 @@ export class EventStateMachine implements StateMachinePort {
     readonly store: EventStore,
     private readonly logger?: EventApplyLogger,
     private readonly onDecision?: (d: Decision) => void,
+    /** A tenant's ADMIN command was applied (its projector has work). */
+    private readonly onCommand?: (tenant: string) => void,
   ) {
     this.assembler = new BatchAssembler(store.appliedPosition);
     this.fed = store.appliedPosition;
@@ -70,12 +95,19 @@ export class EventStateMachine implements StateMachinePort {
   apply(entries: readonly LogEntry[]): void {
     const decisions: Decision[] = [];
     const superseded: number[] = [];
+    const commands: { index: number; term: number; tenant: string; result: CommandResult }[] = [];
     this.store.transaction(
       () => {
         for (const e of entries) {
           if (e.index <= this.fed) continue; // replayed after a restart: already in the store
           const waiting = this.pending.get(e.index);
           if (waiting !== undefined && waiting.term !== e.term) superseded.push(e.index);
+          if (e.kind === RecordKind.ADMIN) {
+            const result = this.applyAdmin(e);
+            commands.push({ index: e.index, term: e.term, tenant: e.tenant, result });
+          }
+          const commandWaiting = this.pendingCommands.get(e.index);
+          if (commandWaiting !== undefined && commandWaiting.term !== e.term) superseded.push(e.index);
           let decoded;
           if (e.kind === RecordKind.EVENTS) {
             decoded = decodeEventRecord(e.index, e.tenant, e.payload);
@@ -91,17 +123,20 @@ export class EventStateMachine implements StateMachinePort {
       () => this.assembler.decidedThrough,
     );
     for (const index of superseded) {
-      this.settle(index, new VerityError(ErrorCode.UNAVAILABLE, "leadership changed before the append committed, and another leader's entries replaced it: nothing was appended; retry (with the same request id)"));
+      const why = "leadership changed before the entry committed, and another leader's entries replaced it: nothing was done; retry";
+      this.settle(index, new VerityError(ErrorCode.UNAVAILABLE, `${why} (with the same request id)`));
+      this.settleCommand(index, new VerityError(ErrorCode.UNAVAILABLE, why));
+    }
+    for (const c of commands) {
+      this.onCommand?.(c.tenant);
+      this.settleCommand(c.index, c.result.ok ? c.result : new VerityError(c.result.code, c.result.message));
     }
     for (const d of decisions) {
       this.onDecision?.(d);
       if (d.kind === "void") {
         this.settle(d.positions[0], new VerityError(ErrorCode.UNAVAILABLE, "leadership changed while the batch was being replicated, so it was not appended; retry (with the same request id)"));
-      } else if (d.kind === "rejected") {
-        const o = d.outcome;
-        const actual = o.actualVersion === undefined ? "has no events" : `is at version ${o.actualVersion}`;
-        const expected = o.expected.kind === "exact" ? `version ${o.expected.version}` : o.expected.kind === "no-stream" ? "no stream" : "any";
-        this.settle(d.positions[0], new VerityError(ErrorCode.WRONG_EXPECTED_VERSION, `wrong expected version: stream "${d.stream}" ${actual}, the append expected ${expected}; read the stream and retry with its current version`));
+      } else if (d.kind === "rejected" || d.kind === "refused") {
+        this.settle(d.positions[0], outcomeError(d.outcome, d.stream));
       } else if (d.kind === "duplicate") {
         this.settle(d.positions[0], { outcome: d.outcome, deduplicated: true });
       } else {
@@ -147,6 +182,57 @@ export class EventStateMachine implements StateMachinePort {
     });
   }
 
+  /** Decodes and applies one ADMIN entry: tenant creation here; schema and projection commands are queued for the tenant's projector. */
+  private applyAdmin(e: LogEntry): CommandResult {
+    const command = decodeAdminCommand(e.payload);
+    if (command === undefined) return { ok: false, code: ErrorCode.INVALID_ARGUMENT, message: `the administration entry at position ${e.index} does not decode` };
+    const tenant = e.tenant;
+    if (command.kind === "createTenant") {
+      if (this.store.tenantExists(tenant)) return { ok: false, code: ErrorCode.ALREADY_EXISTS, message: `tenant "${tenant}" exists already` };
+      this.store.createTenant(tenant, e.index);
+      return { ok: true, position: e.index };
+    }
+    if (!this.store.tenantExists(tenant)) {
+      return { ok: false, code: ErrorCode.NOT_FOUND, message: `tenant "${tenant}" does not exist: create it first (verity-admin tenant create --tenant ${tenant})` };
+    }
+    this.store.addCommand(tenant, e.index, command.kind, JSON.stringify(command.body));
+    return { ok: true, position: e.index };
+  }
+
+  /** Waits for the ADMIN entry this node proposed at `index` in `term` to be applied. */
+  awaitCommand(term: number, index: number, timeoutMs: number): Promise<CommandResult & { ok: true }> {
+    if (this.pendingCommands.size >= PENDING_APPENDS_MAX) {
+      return Promise.reject(new QuotaExceededError("PENDING_APPENDS_MAX", PENDING_APPENDS_MAX, "too many administration commands are waiting; retry shortly"));
+    }
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        if (this.pendingCommands.get(index) !== entry) return;
+        this.pendingCommands.delete(index);
+        reject(new VerityError(ErrorCode.UNAVAILABLE, `the command was not committed within ${timeoutMs} ms (is a majority of the cluster up?); check with status before retrying`));
+      }, timeoutMs);
+      const entry: PendingCommand = {
+        term,
+        resolve: (r) => {
+          clearTimeout(timer);
+          resolve(r);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      };
+      this.pendingCommands.set(index, entry);
+    });
+  }
+
+  private settleCommand(index: number, result: (CommandResult & { ok: true }) | Error): void {
+    const p = this.pendingCommands.get(index);
+    if (p === undefined) return;
+    this.pendingCommands.delete(index);
+    if (result instanceof Error) p.reject(result);
+    else p.resolve(result);
+  }
+
   private settle(first: number, result: AppendOutcome | Error): void {
     const p = this.pending.get(first);
     if (p === undefined) return;
@@ -189,6 +275,7 @@ export class EventStateMachine implements StateMachinePort {
   /** Refuses every waiting append (the node is stopping). */
   failPending(reason: string): void {
     for (const first of [...this.pending.keys()]) this.settle(first, new VerityError(ErrorCode.UNAVAILABLE, reason));
+    for (const index of [...this.pendingCommands.keys()]) this.settleCommand(index, new VerityError(ErrorCode.UNAVAILABLE, reason));
     for (const w of this.waiters) w.resolve();
     this.waiters = [];
   }

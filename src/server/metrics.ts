@@ -55,7 +55,12 @@ export class NodeMetrics {
   readonly catchUpStreams = new Counter({ name: "verity_catch_up_streams_total", help: "Followers this leader caught up by streaming committed entries, by result", labelNames: ["result"], registers: [this.registry] });
   readonly catchUpEntries = new Counter({ name: "verity_catch_up_entries_total", help: "Entries this leader streamed to catch followers up", registers: [this.registry] });
   readonly activeTenants = new Gauge({ name: "verity_active_tenants", help: "Tenants with at least one stream", registers: [this.registry] });
-  readonly appliedPosition = new Gauge({ name: "verity_projection_applied_position", help: "Last log position applied on this node", registers: [this.registry] });
+  readonly appliedPosition = new Gauge({
+    name: "verity_projection_applied_position",
+    help: "Last log position applied on this node (no label), and per tenant the position its projections are applied up to",
+    labelNames: ["tenant"],
+    registers: [this.registry],
+  });
   readonly authFailures = new Counter({
     name: "verity_auth_failures_total",
     help: "Calls refused for a missing, foreign or role-less certificate identity",

@@ -46,6 +46,8 @@ import { EventStore } from "../projections/event-store.js";
 import { EventStateMachine } from "./event-apply.js";
 import { DataPlane } from "./data-plane.js";
 import { CATCH_UP_LAG_ENTRIES, catchUpPort } from "./catch-up.js";
+import { Projector } from "../projections/projector.js";
+import { TenantAdmin } from "./tenant-admin.js";
 import { CLIENT_SERVICE, clientHandlers, type ClientServiceTarget } from "./client-service.js";
 import type { ClientGrant } from "./setting-kinds.js";
 import { BATCH_BYTES_MAX } from "../limits.js";
@@ -100,7 +102,29 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
     readonly tlsEnabled: boolean,
     readonly stateMachine: EventStateMachine,
     readonly dataPlane: DataPlane,
-  ) {}
+    readonly projector: Projector,
+  ) {
+    this.tenants = new TenantAdmin({
+      driver: () => this.driver,
+      stateMachine,
+      projector,
+      tenantsMax: settings.limits.tenantsMax,
+      notLeader: () => {
+        const leader = this.driver?.raft.softState().leader ?? 0;
+        return new VerityError(ErrorCode.NOT_LEADER, `node ${this.dir.meta.nodeId} is not the leader: ${leader === 0 ? "no leader is known yet; retry shortly" : `send this to node ${leader}`}`);
+      },
+    });
+  }
+
+  private readonly tenants: TenantAdmin;
+
+  tenantAdmin(): TenantAdmin {
+    return this.tenants;
+  }
+
+  commitIndex(): number {
+    return this.driver?.raft.hardState().commit ?? 0;
+  }
 
   private get applied(): number {
     return this.stateMachine.appliedIndex;
@@ -168,9 +192,17 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
     }
     const consensusLogger = forTarget(root, "verity_consensus");
     const metrics = new NodeMetrics();
-    const stateMachine = new EventStateMachine(store, consensusLogger, (d) => {
-      if (d.kind === "appended") metrics.appendedEvents.inc(d.events.length);
-    });
+    const stateMachine = new EventStateMachine(
+      store,
+      consensusLogger,
+      (d) => {
+        if (d.kind === "appended") {
+          metrics.appendedEvents.inc(d.events.length);
+          ref.node?.projector.wake(d.tenant);
+        }
+      },
+      (tenant) => ref.node?.projector.wake(tenant),
+    );
     const dataPlane = new DataPlane({
       driver: () => ref.node?.driver,
       transport,
@@ -179,6 +211,15 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
       limits: { recordBytesMax: settings.limits.recordBytesMax, batchBytesMax: settings.limits.batchBytesMax },
       nodeId,
       onForwarded: () => metrics.forwardedWrites.inc(),
+      streamsPerTenantMax: settings.limits.streamsPerTenantMax,
+    });
+    const projector = new Projector({
+      store,
+      dataDir: settings.storage.dataDir,
+      load: (rows) => dataPlane.load(rows),
+      checkpointInterval: settings.projections.checkpointIntervalEntries,
+      logger: forTarget(root, "verity_projections"),
+      onProgress: (tenant, position) => metrics.appliedPosition.set({ tenant }, position),
     });
     await transport.start();
     const grpcServer = new grpc.Server({ "grpc.max_receive_message_length": GRPC_MESSAGE_BYTES_MAX });
@@ -214,7 +255,7 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
     await listener.start();
     const metricsServer = new MetricsServer(metrics, formatHostPort(settings.telemetry.metricsAddress), () => ref.node?.refreshGauges());
     await metricsServer.start();
-    const node = new VerityNode(settings, logger, consensusLogger, dir, transport, undefined, listener, metrics, metricsServer, health, tls !== undefined, stateMachine, dataPlane);
+    const node = new VerityNode(settings, logger, consensusLogger, dir, transport, undefined, listener, metrics, metricsServer, health, tls !== undefined, stateMachine, dataPlane, projector);
     ref.node = node;
     logger.info(
       {
@@ -227,6 +268,7 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
       const bootstrap = await node.bootstrapConfig(peers.length, abort);
       if (settings.forceRecover) await node.forceRecover(bootstrap);
       await node.startConsensus(bootstrap);
+      node.projector.wakeAll();
     } catch (e) {
       await node.stop().catch(() => {});
       throw e;
@@ -616,6 +658,7 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
     await this.listener.stop();
     await this.metricsServer.stop();
     await this.transport.stop();
+    this.projector.close();
     this.stateMachine.store.close();
     await this.dir.close();
   }
@@ -674,5 +717,7 @@ function lateAdminTarget(node: () => VerityNode | undefined): AdminTarget {
     clusterStatus: () => get().clusterStatus(),
     transferLeadership: (to) => get().transferLeadership(to),
     changeMembership: (change) => get().changeMembership(change),
+    tenantAdmin: () => get().tenantAdmin(),
+    commitIndex: () => get().commitIndex(),
   };
 }

@@ -12,6 +12,9 @@ class MemoryState implements EventStateView {
   outcome(tenant: string, requestId: string): BatchOutcome | undefined {
     return this.outcomes.get(`${tenant}/${requestId}`);
   }
+  tenantExists(tenant: string): boolean {
+    return tenant !== "unknown";
+  }
   apply(d: Decision): void {
     if (d.kind === "appended") {
       this.versions.set(`${d.tenant}/${d.stream}`, d.outcome.lastVersion);
