@@ -99,6 +99,7 @@ describe("a 3-node cluster of real processes with mutual TLS", () => {
     // rejoins and catches up by itself (the guide's "Single Node Failure" procedure).
     const wiped = remaining.find((n) => n !== third.leader)!;
     // Enough entries that the leader streams them (more than CATCH_UP_LAG_ENTRIES behind).
+    await procs.createTenants([third.leader], "acme");
     const writer = new VerityClient({ endpoints: [`127.0.0.1:${third.leader.client}`], tls: { ca: ca.cert, ...procs.admin }, attempts: 30 });
     for (let batch = 0; batch < 15; batch++) {
       await writer.append({ tenant: "acme", stream: "bulk", events: Array.from({ length: 100 }, (_, i) => ({ type: "Bulk", data: { i: batch * 100 + i } })) });

@@ -20,7 +20,7 @@ const tmp = tempDir("data-plane");
 const ca = new TestCa(join(tmp.path, "ca"));
 const procs = new ProcessCluster(tmp.path, ca);
 const clients = [
-  { identity: "writer", tenants: ["acme", "shared"] },
+  { identity: "writer", tenants: ["acme", "shared", "nobody-made-me"] },
   { identity: "other", tenants: ["globex", "shared"] },
 ];
 let nodes: ProcessNode[] = [];
@@ -44,6 +44,7 @@ beforeAll(async () => {
   writer = ca.issue("writer");
   for (const n of nodes) procs.start(n, { clients });
   await until("a leader", () => procs.leaderOf(nodes));
+  await procs.createTenants(nodes, "acme", "globex", "shared");
 }, 60_000);
 
 afterAll(() => {
@@ -78,7 +79,7 @@ describe("the Client API on a 3-node cluster with mutual TLS", () => {
     expect(scrape).toMatch(/^verity_forwarded_writes_total [1-9]/m);
     expect(scrape).toMatch(/^verity_write_duration_seconds_count\{status="OK"\} [1-9]/m);
     expect(scrape).toMatch(/^verity_query_duration_seconds_count\{method="read",status="OK"\} [1-9]/m);
-    expect(scrape).toMatch(/^verity_active_tenants 1$/m);
+    expect(scrape).toMatch(/^verity_active_tenants 3$/m);
   });
 
   it("decides concurrent appends with the same expected version: exactly one wins", async () => {
@@ -176,6 +177,7 @@ describe("the Client API on a 3-node cluster with mutual TLS", () => {
     await expectCode(c.append({ tenant: "no spaces", stream: "s", events: [{ type: "X", data: {} }] }), grpc.status.INVALID_ARGUMENT, /not a valid tenant id/);
     await expectCode(c.append({ tenant: "acme", stream: "", events: [{ type: "X", data: {} }] }), grpc.status.INVALID_ARGUMENT, /not a valid stream name/);
     await expectCode(c.append({ tenant: "acme", stream: "s", events: [] }), grpc.status.INVALID_ARGUMENT, /has no events/);
+    await expectCode(c.append({ tenant: "nobody-made-me", stream: "s", events: [{ type: "X", data: {} }] }), grpc.status.NOT_FOUND, /tenant "nobody-made-me" does not exist: create it first/);
     await expectCode(c.append({ tenant: "acme", stream: "s", events: [{ type: "", data: {} }] }), grpc.status.INVALID_ARGUMENT, /type "" must be/);
     // Nothing of the refused appends reached the stream.
     expect((await c.read({ tenant: "acme", stream: "s" })).events).toHaveLength(0);

@@ -27,6 +27,7 @@ describe("majority failure", () => {
     const nodes = [await procs.addNode(1), await procs.addNode(2), await procs.addNode(3)];
     for (const n of nodes) procs.start(n);
     const { leader } = (await until("a leader", () => procs.leaderOf(nodes)))!;
+    await procs.createTenants([leader], "acme");
     const c = clientOf([leader]);
     for (let i = 0; i < 5; i++) await c.append({ tenant: "acme", stream: "before", events: [{ type: "E", data: { i } }] });
     c.close();

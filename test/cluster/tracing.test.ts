@@ -11,6 +11,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { tempDir } from "../helpers/log-fixtures.js";
 import { exited, freePort, until } from "../helpers/process-cluster.js";
 import { VerityClient } from "../../src/client/verity-client.js";
+import { AdminApi } from "../../src/client/admin-client.js";
 
 const root = join(import.meta.dirname, "..", "..");
 const tmp = tempDir("tracing");
@@ -53,6 +54,8 @@ describe("tracing", () => {
     child.stderr.on("data", (d: Buffer) => (output += d.toString()));
     stops.push(() => child.kill("SIGKILL"));
 
+    const admin = new AdminApi({ endpoints: [`127.0.0.1:${client}`], tls: undefined });
+    await until("the tenant created", async () => admin.call("createTenant", { tenant: "acme" }).then(() => true, () => undefined));
     const c = new VerityClient({ endpoints: [`127.0.0.1:${client}`], attempts: 40 });
     await c.append({ tenant: "acme", stream: "traced", events: [{ type: "Hello", data: {} }] });
     await c.read({ tenant: "acme", stream: "traced" });

@@ -10,6 +10,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { ADMIN_SERVICE } from "../../src/server/admin-service.js";
+import { AdminApi } from "../../src/client/admin-client.js";
 import type { CertFiles, TestCa } from "./certs.js";
 
 const root = join(import.meta.dirname, "..", "..");
@@ -148,6 +149,23 @@ export class ProcessCluster {
         else resolve(r);
       }),
     );
+  }
+
+  /** Creates tenants through the Admin API of whichever of `nodes` leads (as the admin identity). */
+  async createTenants(nodes: ProcessNode[], ...tenants: string[]): Promise<void> {
+    const api = new AdminApi({ endpoints: nodes.map((n) => `127.0.0.1:${n.client}`), tls: { ca: this.ca.cert, ...this.admin } });
+    for (const tenant of tenants) {
+      // Bounded: a leader is normally known within a second; the test's own timeout ends it otherwise.
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await api.call("createTenant", { tenant });
+          break;
+        } catch (e) {
+          if (attempt >= 50 || (e as { code?: number }).code !== grpc.status.UNAVAILABLE) throw e;
+          await new Promise((r) => setTimeout(r, 200));
+        }
+      }
+    }
   }
 
   killAll(): void {
