@@ -73,6 +73,13 @@ function setting<T>(
 }
 
 const ms = (n: number): string => `${n}ms`;
+/** `limits.max_query_duration`: default 30 s, from 10 ms to 1 hour. */
+const QUERY_MS_DEFAULT = 30_000;
+const QUERY_MS_LOWEST = 10;
+const QUERY_MS_HIGHEST = 3_600_000;
+/** `limits.max_query_rows`: default 10,000, at most 1,000,000. */
+const QUERY_ROWS_DEFAULT = 10_000;
+const QUERY_ROWS_HIGHEST = 1_000_000;
 
 /** Every setting. The order is the order of docs/configuration.md and of the problems reported. */
 export const SETTINGS = {
@@ -107,6 +114,8 @@ export const SETTINGS = {
   streamsPerTenantMax: setting("limits.max_streams_per_tenant", integerKind(1, STREAMS_PER_TENANT_MAX), STREAMS_PER_TENANT_MAX_DEFAULT),
   recordBytesMax: setting("limits.max_record_size", sizeKind(1, RECORD_BYTES_MAX), RECORD_BYTES_MAX_DEFAULT),
   batchBytesMax: setting("limits.max_batch_size", sizeKind(1, BATCH_BYTES_MAX), BATCH_BYTES_MAX_DEFAULT),
+  queryMsMax: setting("limits.max_query_duration", durationKind(QUERY_MS_LOWEST, QUERY_MS_HIGHEST), ms(QUERY_MS_DEFAULT)),
+  queryRowsMax: setting("limits.max_query_rows", integerKind(1, QUERY_ROWS_HIGHEST), QUERY_ROWS_DEFAULT),
   metricsAddress: setting("telemetry.metrics_address", addressKind, METRICS_ADDRESS_DEFAULT, { flag: "metrics-address" }),
   tracingEnabled: setting("telemetry.tracing_enabled", booleanKind, false),
   tracingEndpoint: setting("telemetry.tracing_endpoint", optional(urlKind), undefined),
@@ -171,6 +180,10 @@ export interface Settings {
     /** Invariant: recordBytesMax <= batchBytesMax. */
     readonly recordBytesMax: number;
     readonly batchBytesMax: number;
+    /** A query running longer is stopped (DEADLINE_EXCEEDED). */
+    readonly queryMsMax: number;
+    /** Rows one query answers at most. */
+    readonly queryRowsMax: number;
   };
   readonly telemetry: { readonly metricsAddress: HostPort; readonly tracingEnabled: boolean; readonly tracingEndpoint: string | undefined };
   readonly logLevel: LogLevel;
@@ -535,7 +548,7 @@ function build(v: Values, origins: Record<string, SettingOrigin>, configPath: st
       admins: v.admins, nodes: v.nodes, clients: v.clients,
     },
     encryption: { enabled: v.encryptionEnabled, kmsProvider: v.kmsProvider, kmsKeyId: v.kmsKeyId },
-    limits: { tenantsMax: v.tenantsMax, streamsPerTenantMax: v.streamsPerTenantMax, recordBytesMax: v.recordBytesMax, batchBytesMax: v.batchBytesMax },
+    limits: { tenantsMax: v.tenantsMax, streamsPerTenantMax: v.streamsPerTenantMax, recordBytesMax: v.recordBytesMax, batchBytesMax: v.batchBytesMax, queryMsMax: v.queryMsMax, queryRowsMax: v.queryRowsMax },
     telemetry: { metricsAddress: v.metricsAddress, tracingEnabled: v.tracingEnabled, tracingEndpoint: v.tracingEndpoint },
     logLevel: v.logLevel,
     clusterPeers: v.clusterPeers,

@@ -61,7 +61,7 @@ describe("defaults", () => {
     expect(s.storage).toEqual({ dataDir: "/srv/verity/data", segmentBytes: SEGMENT_BYTES_DEFAULT, syncMode: "fsync" });
     expect(s.consensus).toEqual({ heartbeatIntervalMs: 100, electionTimeoutMsMin: 150, electionTimeoutMsMax: 300, entriesPerRpcMax: ENTRIES_PER_RPC_MAX_DEFAULT });
     expect(s.projections).toEqual({ cacheBytes: Units.GiB, checkpointIntervalEntries: 10_000 });
-    expect(s.limits).toEqual({ tenantsMax: TENANTS_MAX_DEFAULT, streamsPerTenantMax: 100, recordBytesMax: RECORD_BYTES_MAX_DEFAULT, batchBytesMax: BATCH_BYTES_MAX_DEFAULT });
+    expect(s.limits).toEqual({ tenantsMax: TENANTS_MAX_DEFAULT, streamsPerTenantMax: 100, recordBytesMax: RECORD_BYTES_MAX_DEFAULT, batchBytesMax: BATCH_BYTES_MAX_DEFAULT, queryMsMax: 30_000, queryRowsMax: 10_000 });
     expect(s.shown["storage.segment_size"]).toBe("64MB");
     expect(s.shown["limits.max_batch_size"]).toBe("10MB");
     expect(s.server.nodeId).toBeUndefined();
