@@ -1,6 +1,7 @@
 /**
  * verity-admin's commands over the Admin API: cluster status, cluster wait-healthy, cluster ping,
- * node status, metrics, leader transfer, member add / promote / remove. Connection settings:
+ * node status, metrics, leader transfer, member add / promote / remove (tenants, schema and
+ * projections: admin-tenant-commands.ts, admin-projection-commands.ts). Connection settings:
  * `--endpoints` and the TLS flags, or VERITY_ENDPOINTS, VERITY_TLS_CA, VERITY_TLS_CERT,
  * VERITY_TLS_KEY (src/cli/admin-connection.ts). Every command takes `--json` (src/cli/admin-output.ts).
  */
@@ -22,7 +23,7 @@ const RECENT_MS = 2_000;
 const POLL_MS = 500;
 
 /** Runs a command body with the parsed flags; failures are reported as admin-output.ts says (exit 1, or 2 for bad usage). */
-function command<A extends { json: boolean }>(body: (a: A) => Promise<number>): (args: unknown) => Promise<void> {
+export function command<A extends { json: boolean }>(body: (a: A) => Promise<number>): (args: unknown) => Promise<void> {
   return (args: unknown) => {
     const a = args as A;
     return runAdmin(a.json, () => body(a));

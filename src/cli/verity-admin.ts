@@ -1,5 +1,6 @@
 /**
- * verity-admin: cluster and node operations over the Admin API (admin-commands.ts), offline checks
+ * verity-admin: cluster and node operations over the Admin API (admin-commands.ts), tenants,
+ * migrations and schema (admin-tenant-commands.ts), projections (admin-projection-commands.ts), offline checks
  * of a data directory (`log verify`, `log dump`, `verify`), `doctor` (admin-doctor.ts) and
  * `diagnostics export` (admin-diagnostics.ts). Every command takes `--json`; exit codes are 0 ok,
  * 1 a check failed or the operation was refused, 2 bad usage (admin-output.ts, docs/admin.md).
@@ -12,6 +13,8 @@ import { dumpLog, verifyLog, type VerifyReport } from "../log/offline.js";
 import { ExitCode, cli, formatBytes } from "./common.js";
 import { FailedPreconditionError } from "../errors.js";
 import { addAdminCommands } from "./admin-commands.js";
+import { addTenantCommands } from "./admin-tenant-commands.js";
+import { addProjectionCommands } from "./admin-projection-commands.js";
 import { addDoctorCommand } from "./admin-doctor.js";
 import { addDiagnosticsCommands } from "./admin-diagnostics.js";
 import { jsonOption } from "./admin-connection.js";
@@ -152,10 +155,11 @@ export async function main(argv: string[]): Promise<void> {
     )
     .example("$0 cluster status", "Every member of the cluster and its leader")
     .example("$0 doctor --config /etc/verity/config.toml", "Check what the troubleshooting guide checks by hand")
+    .example("$0 projection status --tenant 123", "Projection lag and failures of tenant 123")
     .epilogue("Exit codes: 0 ok, 1 a check failed or the operation was refused, 2 bad usage. Every command takes --json. See docs/admin.md.")
     .demandCommand(1, "a command is required")
     .fail(usageFailure(argv));
-  await addDiagnosticsCommands(addDoctorCommand(addAdminCommands(parser))).parseAsync();
+  await addDiagnosticsCommands(addDoctorCommand(addProjectionCommands(addTenantCommands(addAdminCommands(parser))))).parseAsync();
 }
 
 await main(hideBin(process.argv));
