@@ -91,20 +91,19 @@ function asciiLower(text: string): string {
 
 /** The index of the quote closing the quoted text opened at `start`; a doubled quote is an escaped one. */
 function closingQuote(sql: string, start: number, quote: string): number {
+  const unterminated = `the query has an unterminated ${sql[start]}...${quote} starting at character ${start + 1}`;
   let from = start + 1;
   // Bounded: `from` moves forward by at least two characters per pass.
   while (from <= sql.length) {
     const at = sql.indexOf(quote, from);
-    if (at === -1) {
-      refuse(ErrorCode.INVALID_ARGUMENT, `the query has an unterminated ${quote}...${quote} starting at character ${start + 1}`);
-    }
+    if (at === -1) refuse(ErrorCode.INVALID_ARGUMENT, unterminated);
     if (quote !== "]" && sql[at + 1] === quote) {
       from = at + 2;
       continue;
     }
     return at;
   }
-  return refuse(ErrorCode.INVALID_ARGUMENT, `the query has an unterminated ${quote}...${quote} starting at character ${start + 1}`);
+  return refuse(ErrorCode.INVALID_ARGUMENT, unterminated);
 }
 
 /** The end (exclusive) of a run of characters that satisfy `accept`, starting at `from`. */
