@@ -386,6 +386,26 @@ describe("QueryPool under slow queries, crashes, load and close", () => {
     expect(pool.stats().workerPids).not.toContain(pid);
   });
 
+  it("answers UNAVAILABLE while workers fail to start, and recovers once they start", async () => {
+    const saved = process.env.NODE_OPTIONS;
+    // Workers inherit the environment: this preload does not exist, so every worker fails at start-up.
+    process.env.NODE_OPTIONS = `--require ${join(dir, "no-such-preload.cjs")}`;
+    let pool: QueryPool;
+    try {
+      pool = newPool({ workers: 1 });
+      const error = await failure(pool.query(request("SELECT 1")));
+      expect(error.code).toBe(ErrorCode.UNAVAILABLE);
+      expect(error.message).toMatch(/query workers fail to start \(3 in a row, the last: exit code 1\): retry later/);
+      expect((await failure(pool.query(request("SELECT 1")))).code).toBe(ErrorCode.UNAVAILABLE);
+    } finally {
+      if (saved === undefined) delete process.env.NODE_OPTIONS;
+      else process.env.NODE_OPTIONS = saved;
+    }
+    // The next attempt (after at most QUERY_WORKER_RESPAWN_DELAY_MS_MAX) starts a worker.
+    await ready(pool, 1);
+    expect((await pool.query(request("SELECT 7"))).rows).toEqual([[7]]);
+  });
+
   it("refuses options out of range", () => {
     expect(() => new QueryPool({ workers: 0, timeoutMs: 1_000, rowsMax: 10 })).toThrow(expect.objectContaining({ code: ErrorCode.INVALID_ARGUMENT }));
     expect(() => new QueryPool({ workers: 1, timeoutMs: 0, rowsMax: 10 })).toThrow(/timeoutMs/);
