@@ -238,6 +238,39 @@ async function tail(a: TailArgs): Promise<number> {
   }
 }
 
+type QueryArgs = Conn & { tenant: string; sql: string; param?: string[]; consistency: string; limit: number; json: boolean };
+
+function cell(v: unknown): string {
+  if (v === null) return "NULL";
+  return typeof v === "object" ? JSON.stringify(v) : String(v);
+}
+
+async function query(a: QueryArgs): Promise<number> {
+  const params: Record<string, string> = {};
+  for (const p of a.param ?? []) {
+    const eq = p.indexOf("=");
+    if (eq < 1) throw new UsageError(`--param "${p}" must be name=value (binds :name)`);
+    params[p.slice(0, eq)] = p.slice(eq + 1);
+  }
+  const client = clientOf(a);
+  try {
+    const r = await client.query({ tenant: a.tenant, sql: a.sql, params, consistency: a.consistency === "local" ? "local" : "linearizable", limit: a.limit });
+    if (a.json) {
+      for (const row of r.rows) process.stdout.write(JSON.stringify(Object.fromEntries(r.columns.map((c, i) => [c, row[i]]))) + "\n");
+    } else {
+      const cells = r.rows.map((row) => row.map(cell));
+      const widths = r.columns.map((c, i) => Math.min(60, Math.max(c.length, ...cells.map((row) => row[i]!.length))));
+      const line = (values: string[]): string => values.map((v, i) => (v.length > widths[i]! ? v.slice(0, widths[i]! - 1) + "~" : v.padEnd(widths[i]!))).join("  ").trimEnd();
+      process.stdout.write(line(r.columns) + "\n" + widths.map((w) => "-".repeat(w)).join("  ") + "\n");
+      for (const row of cells) process.stdout.write(line(row) + "\n");
+      process.stderr.write(`${r.rows.length} rows${r.truncated ? ` (cut at the limit; raise --limit or narrow the query)` : ""} at applied position ${r.appliedPosition}\n`);
+    }
+    return ExitCode.OK;
+  } finally {
+    client.close();
+  }
+}
+
 const tenantOption = { tenant: { type: "string", demandOption: true, describe: "Tenant id" } } as const;
 const jsonOption = { json: { type: "boolean", default: false, describe: "One JSON object per line" } } as const;
 const consistencyOption = {
@@ -289,7 +322,18 @@ function commands(y: Argv): Argv {
         ...jsonOption,
       }).example("$0 tail --tenant acme --json", "Every event of tenant acme, then new ones"),
       command(tail))
-    .demandCommand(1, "a command is required: append, read, read-all or tail");
+    .command("query", "Run a read-only SQL query over a tenant's projections",
+      (c) => c.options({
+        ...connection, ...tenantOption,
+        sql: { type: "string", demandOption: true, describe: "One SELECT statement; :name binds --param name=value" },
+        param: { type: "array", string: true, describe: "name=value, repeatable" },
+        limit: { type: "number", default: 0, describe: "Rows at most (0: the server's limit, max_query_rows)" },
+        ...consistencyOption, ...jsonOption,
+      })
+        .example("$0 query --tenant acme --sql 'SELECT ward, COUNT(*) AS n FROM patients GROUP BY ward'", "A table for people")
+        .example("$0 query --tenant acme --sql 'SELECT * FROM patients WHERE id = :id' --param id=7 --json", "One JSON object per row"),
+      command(query))
+    .demandCommand(1, "a command is required: append, read, read-all, tail or query");
 }
 
 await commands(cli(NAME, hideBin(process.argv), "Append, read and follow VerityDB event streams.", "verity <command> [options]"))

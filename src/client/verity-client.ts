@@ -57,6 +57,16 @@ export interface StoredEvent {
   timestampMs: number;
 }
 
+export interface QueryResult {
+  columns: string[];
+  /** One array per row, values in column order (a blob is `{"$base64": "..."}`). */
+  rows: unknown[][];
+  /** The row limit cut the result. */
+  truncated: boolean;
+  /** The position the tenant's projections were applied up to when the query ran. */
+  appliedPosition: number;
+}
+
 export interface ReadResult {
   events: StoredEvent[];
   appliedPosition: number;
@@ -88,7 +98,7 @@ export interface VerityClientOptions {
 
 const ClientStub = grpc.makeGenericClientConstructor(CLIENT_SERVICE, "Client");
 type UnaryFn = (r: Plain, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r: Plain) => void) => grpc.ClientUnaryCall;
-type Stub = grpc.Client & { append: UnaryFn; read: UnaryFn; readAll: UnaryFn; subscribe(r: Plain, o: grpc.CallOptions): grpc.ClientReadableStream<Plain> };
+type Stub = grpc.Client & { append: UnaryFn; read: UnaryFn; readAll: UnaryFn; query: UnaryFn; subscribe(r: Plain, o: grpc.CallOptions): grpc.ClientReadableStream<Plain> };
 
 function encodeData(data: NewEvent["data"]): Uint8Array {
   if (data instanceof Uint8Array) return data;
@@ -134,7 +144,7 @@ export class VerityClient {
   }
 
   /** Runs one unary call, moving through the endpoints on retryable failures, with backoff. */
-  private async unary(method: "append" | "read" | "readAll", request: Plain): Promise<Plain> {
+  private async unary(method: "append" | "read" | "readAll" | "query", request: Plain): Promise<Plain> {
     const endpoints = this.options.endpoints;
     const attempts: string[] = [];
     const tries = this.options.attempts ?? CALL_ATTEMPTS_MAX;
@@ -151,7 +161,9 @@ export class VerityClient {
         const err = e as grpc.ServiceError;
         lastCode = err.code ?? grpc.status.UNKNOWN;
         attempts.push(`${endpoint}: ${grpc.status[lastCode] ?? lastCode}: ${err.details || err.message}`);
-        if (!isRetryable(lastCode)) throw new VerityClientError(lastCode, err.details || err.message, attempts);
+        // A query the server stopped at its time limit would only run out of time again.
+        const again = method === "query" ? lastCode === grpc.status.UNAVAILABLE : isRetryable(lastCode);
+        if (!again) throw new VerityClientError(lastCode, err.details || err.message, attempts);
         this.current++;
         // After a full round of endpoints, wait before the next round.
         if ((attempt + 1) % endpoints.length === 0 || endpoints.length === 1) {
@@ -201,6 +213,23 @@ export class VerityClient {
       tenant: args.tenant, fromPosition: args.fromPosition ?? 0, limit: args.limit ?? 0, consistency: args.consistency === "local" ? 1 : 0,
     });
     return { events: ((r.events ?? []) as Plain[]).map(toStored), appliedPosition: Number(r.appliedPosition), lagEntries: Number(r.lagEntries) };
+  }
+
+  /**
+   * A read-only SQL query over the tenant's projections. `params` bind `:name` (as text; SQLite
+   * converts them when compared with numeric columns). LINEARIZABLE (the default) answers after
+   * this node's projections reached the leader's read point.
+   */
+  async query(args: { tenant: string; sql: string; params?: Record<string, string | number>; consistency?: Consistency; limit?: number }): Promise<QueryResult> {
+    const params: Record<string, string> = {};
+    for (const [k, v] of Object.entries(args.params ?? {})) params[k] = String(v);
+    const r = await this.unary("query", { tenant: args.tenant, sql: args.sql, params, consistency: args.consistency === "local" ? 1 : 0, limit: args.limit ?? 0 });
+    return {
+      columns: (r.columns ?? []) as string[],
+      rows: ((r.rowsJson ?? []) as string[]).map((row) => JSON.parse(row) as unknown[]),
+      truncated: Boolean(r.truncated),
+      appliedPosition: Number(r.appliedPosition),
+    };
   }
 
   /**

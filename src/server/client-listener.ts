@@ -124,6 +124,8 @@ export class ClientListener {
             // Checked per protocol in onSecure: health probes may come without a certificate.
             rejectUnauthorized: false,
             ALPNProtocols: ["h2", "http/1.1"],
+            // A connection that does not finish its handshake in time is closed.
+            handshakeTimeout: CLIENT_SNIFF_TIMEOUT_MS,
           },
           (secure) => this.onSecure(secure, tlsOptions),
         );
@@ -160,9 +162,15 @@ export class ClientListener {
     this.sockets.add(socket);
     socket.once("close", () => this.sockets.delete(socket));
     socket.on("error", () => socket.destroy());
-    socket.setTimeout(CLIENT_SNIFF_TIMEOUT_MS, () => socket.destroy());
-    if (this.options.tls === undefined) this.sniffPlaintext(socket);
-    else this.startTls(socket);
+    if (this.options.tls === undefined) {
+      // Until the first bytes decide the protocol; cleared then, so idle connections live on.
+      socket.setTimeout(CLIENT_SNIFF_TIMEOUT_MS, () => socket.destroy());
+      this.sniffPlaintext(socket);
+    } else {
+      // The TLS server's handshakeTimeout bounds the handshake. A timeout on this raw socket
+      // would outlive it and cut idle connections (a long query) after the handshake.
+      this.startTls(socket);
+    }
   }
 
   private sniffPlaintext(socket: net.Socket): void {

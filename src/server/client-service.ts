@@ -9,7 +9,9 @@ import * as grpc from "@grpc/grpc-js";
 import { ErrorCode, VerityError } from "../errors.js";
 import type { ClientGrant } from "./setting-kinds.js";
 import { grpcMethod, toServiceError, type Plain } from "./grpc-methods.js";
-import { READ_LIMIT_DEFAULT, READ_LIMIT_MAX, checkStream, checkTenant, type DataPlane, type ReadEvent } from "./data-plane.js";
+import { READ_LIMIT_DEFAULT, READ_LIMIT_MAX, READ_WAIT_MS, checkStream, checkTenant, type DataPlane, type ReadEvent } from "./data-plane.js";
+import type { Projector } from "../projections/projector.js";
+import type { QueryPool } from "../projections/query-pool.js";
 import type { EventStateMachine } from "./event-apply.js";
 import { traced } from "./tracing.js";
 
@@ -23,6 +25,7 @@ export const CLIENT_SERVICE: grpc.ServiceDefinition = {
   read: grpcMethod("Client", "Read", "ReadRequest", "ReadResponse"),
   readAll: grpcMethod("Client", "ReadAll", "ReadAllRequest", "ReadResponse"),
   subscribe: grpcMethod("Client", "Subscribe", "SubscribeRequest", "Event", { responseStream: true }),
+  query: grpcMethod("Client", "Query", "QueryRequest", "QueryResponse"),
 };
 
 export interface ClientServiceTarget {
@@ -33,12 +36,14 @@ export interface ClientServiceTarget {
   readonly clientGrants: readonly ClientGrant[];
   readonly dataPlane: DataPlane;
   readonly stateMachine: EventStateMachine;
+  readonly projector: Projector;
+  readonly queryPool: QueryPool;
 }
 
 export interface ClientServiceMetrics {
   onAuthFailure(): void;
   /** One finished call: `method`, its gRPC status code, and its duration in seconds. */
-  onCall(method: "append" | "read" | "read_all", code: number, seconds: number, events: number): void;
+  onCall(method: "append" | "read" | "read_all" | "query", code: number, seconds: number, events: number): void;
 }
 
 type Unary = grpc.ServerUnaryCall<Plain, Plain>;
@@ -69,7 +74,7 @@ export function clientHandlers(target: () => ClientServiceTarget | undefined, me
     return t;
   };
 
-  const unary = (method: "append" | "read" | "read_all", body: (call: Unary) => Promise<{ response: Plain; events: number }>) => (call: Unary, done: grpc.sendUnaryData<Plain>) => {
+  const unary = (method: "append" | "read" | "read_all" | "query", body: (call: Unary) => Promise<{ response: Plain; events: number }>) => (call: Unary, done: grpc.sendUnaryData<Plain>) => {
     const started = performance.now();
     body(call).then(
       ({ response, events }) => {
@@ -118,6 +123,24 @@ export function clientHandlers(target: () => ClientServiceTarget | undefined, me
       const rows = t.stateMachine.store.tenantEvents(tenant, Number(r.fromPosition ?? 0), limitOf(r));
       const events = await t.dataPlane.load(rows);
       return { response: { events: events.map(toEventMessage), appliedPosition: applied, lagEntries: lag }, events: events.length };
+    })),
+    query: unary("query", (call) => traced("verity.query", { "verity.method": "Query", "verity.tenant": String(call.request.tenant ?? "") }, async () => {
+      const r = call.request;
+      const tenant = String(r.tenant ?? "");
+      const t = resolve(call, tenant);
+      const params = (r.params ?? {}) as Record<string, string>;
+      const linearizable = Number(r.consistency ?? 0) === 0;
+      const { applied } = await t.dataPlane.barrier(linearizable);
+      const projections = t.projector.tenant(tenant); // NOT_FOUND for an unknown tenant
+      if (linearizable && !(await t.projector.waitProjected(tenant, applied, READ_WAIT_MS))) {
+        throw new VerityError(ErrorCode.UNAVAILABLE, `this node's projections of tenant "${tenant}" did not reach the read point ${applied} within ${READ_WAIT_MS} ms (a rebuild or a long backlog); retry, or query with consistency LOCAL`);
+      }
+      const answeredAt = projections.appliedPosition;
+      const result = await t.queryPool.query({ dbPath: t.projector.pathOf(tenant), sql: String(r.sql ?? ""), params, limit: Number(r.limit ?? 0) });
+      return {
+        response: { columns: result.columns, rowsJson: result.rows.map((row) => JSON.stringify(row)), truncated: result.truncated, appliedPosition: answeredAt },
+        events: result.rows.length,
+      };
     })),
     subscribe: (call: grpc.ServerWritableStream<Plain, Plain>) => {
       subscribe(call, resolve).catch((e: unknown) => {

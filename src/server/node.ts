@@ -47,6 +47,8 @@ import { EventStateMachine } from "./event-apply.js";
 import { DataPlane } from "./data-plane.js";
 import { CATCH_UP_LAG_ENTRIES, catchUpPort } from "./catch-up.js";
 import { Projector } from "../projections/projector.js";
+import { QueryPool } from "../projections/query-pool.js";
+import { QUERY_WORKERS_DEFAULT } from "../projections/query-limits.js";
 import { TenantAdmin } from "./tenant-admin.js";
 import { CLIENT_SERVICE, clientHandlers, type ClientServiceTarget } from "./client-service.js";
 import type { ClientGrant } from "./setting-kinds.js";
@@ -103,6 +105,7 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
     readonly stateMachine: EventStateMachine,
     readonly dataPlane: DataPlane,
     readonly projector: Projector,
+    readonly queryPool: QueryPool,
   ) {
     this.tenants = new TenantAdmin({
       driver: () => this.driver,
@@ -255,7 +258,8 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
     await listener.start();
     const metricsServer = new MetricsServer(metrics, formatHostPort(settings.telemetry.metricsAddress), () => ref.node?.refreshGauges());
     await metricsServer.start();
-    const node = new VerityNode(settings, logger, consensusLogger, dir, transport, undefined, listener, metrics, metricsServer, health, tls !== undefined, stateMachine, dataPlane, projector);
+    const queryPool = new QueryPool({ workers: QUERY_WORKERS_DEFAULT, timeoutMs: settings.limits.queryMsMax, rowsMax: settings.limits.queryRowsMax });
+    const node = new VerityNode(settings, logger, consensusLogger, dir, transport, undefined, listener, metrics, metricsServer, health, tls !== undefined, stateMachine, dataPlane, projector, queryPool);
     ref.node = node;
     logger.info(
       {
@@ -659,6 +663,7 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
     await this.metricsServer.stop();
     await this.transport.stop();
     this.projector.close();
+    await this.queryPool.close();
     this.stateMachine.store.close();
     await this.dir.close();
   }

@@ -44,6 +44,9 @@ event_type = "PatientAdmitted"
 sql = "INSERT INTO ward_counts (ward, admitted) VALUES (:ward, 1) ON CONFLICT (ward) DO UPDATE SET admitted = admitted + 1"
 `;
 
+/** Queries stop after 10 s here, so the long-query case takes exactly that. */
+const QUERY_LIMIT = { VERITY_LIMITS_MAX_QUERY_DURATION: "10s" };
+
 const admin = (node: ProcessNode, method: string, request: object) => procs.call(node, AdminClient, method, request);
 
 async function leader(): Promise<ProcessNode> {
@@ -64,7 +67,7 @@ async function settledStatus(tenant: string, on: ProcessNode[] = nodes): Promise
 beforeAll(async () => {
   nodes = [await procs.addNode(1), await procs.addNode(2), await procs.addNode(3)];
   app = ca.issue("hospital-app");
-  for (const n of nodes) procs.start(n, { clients });
+  for (const n of nodes) procs.start(n, { clients, env: QUERY_LIMIT });
   await until("a leader", () => procs.leaderOf(nodes));
   await procs.createTenants(nodes, "hospital", "other");
 }, 60_000);
@@ -124,7 +127,7 @@ describe("projections on a 3-node cluster", () => {
     victim.process!.kill("SIGKILL");
     await exited(victim.process!);
     await writing;
-    procs.start(victim, { clients });
+    procs.start(victim, { clients, env: QUERY_LIMIT });
     const second = await settledStatus("hospital");
     expect(new Set(second.map((s) => s.digest)).size, JSON.stringify(second.map((s) => [s.appliedPosition, s.digest]))).toBe(1);
 
@@ -165,8 +168,59 @@ describe("projections on a 3-node cluster", () => {
       return all.every((s) => (s.projections as { state: string }[]).every((p) => p.state === "running")) ? all : undefined;
     });
     expect(new Set(fixed.map((s) => s.digest)).size).toBe(1);
+    // The same query answers the same on every node.
+    const answers = await Promise.all(nodes.map(async (n) => {
+      const nc = new VerityClient({ endpoints: [`127.0.0.1:${n.client}`], tls: { ca: ca.cert, ...app }, attempts: 40 });
+      const r = await nc.query({ tenant: "hospital", sql: "SELECT ward, COUNT(*) AS n, SUM(id) AS ids FROM patients GROUP BY ward ORDER BY ward" });
+      const point = await nc.query({ tenant: "hospital", sql: "SELECT id, name, ward FROM patients WHERE id = :id", params: { id: 7 } });
+      nc.close();
+      return JSON.stringify([r.columns, r.rows, point.rows]);
+    }));
+    expect(new Set(answers).size).toBe(1);
+    expect(JSON.parse(answers[0]!)[2]).toEqual([[7, "patient 7", "D"]]);
     const tenant = await admin(nodes[0]!, "showTenant", { tenant: "hospital" });
     expect(tenant).toMatchObject({ tenant: "hospital", projections: ["patients", "ward_counts"], streams: 91 });
     c.close();
   });
+
+  it("refuses every query that is not one read-only SELECT of the caller's own tenant", async () => {
+    const c = new VerityClient({ endpoints: nodes.map((n) => `127.0.0.1:${n.client}`), tls: { ca: ca.cert, ...app }, attempts: 40 });
+    const refused = async (sql: string, code: number, message: RegExp) => {
+      const e = await c.query({ tenant: "hospital", sql }).then(() => undefined, (err: unknown) => err);
+      expect(e, sql).toMatchObject({ code });
+      expect((e as Error).message, sql).toMatch(message);
+    };
+    await refused("DELETE FROM patients", grpc.status.PERMISSION_DENIED, /cannot write/);
+    await refused("INSERT INTO patients (id, name) VALUES (1, 'x')", grpc.status.PERMISSION_DENIED, /cannot write/);
+    await refused("DROP TABLE patients", grpc.status.PERMISSION_DENIED, /./);
+    await refused("ATTACH DATABASE '/tmp/x.db' AS x", grpc.status.PERMISSION_DENIED, /ATTACH/);
+    await refused("PRAGMA journal_mode = DELETE", grpc.status.PERMISSION_DENIED, /PRAGMA|pragma/);
+    await refused("SELECT load_extension('/tmp/evil')", grpc.status.PERMISSION_DENIED, /extension/);
+    await refused("SELECT 1; SELECT 2", grpc.status.INVALID_ARGUMENT, /more than one statement/);
+    await refused("SELEC nonsense", grpc.status.INVALID_ARGUMENT, /./);
+    // Another tenant's client cannot read this tenant's projections, and vice versa.
+    const other = ca.issue("other-app");
+    const oc = new VerityClient({ endpoints: nodes.map((n) => `127.0.0.1:${n.client}`), tls: { ca: ca.cert, ...other }, attempts: 5 });
+    await expect(oc.query({ tenant: "hospital", sql: "SELECT * FROM patients" })).rejects.toMatchObject({ code: grpc.status.PERMISSION_DENIED });
+    // Its own tenant has no tables: the hospital's are not visible through it.
+    await expect(oc.query({ tenant: "other", sql: "SELECT * FROM patients" })).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT, message: expect.stringMatching(/no such table: patients/) });
+    oc.close();
+    c.close();
+  });
+
+  it("a 10-second query is stopped at max_query_duration and causes no election", async () => {
+    const l = await leader();
+    const before = (await procs.status(l))!;
+    const c = new VerityClient({ endpoints: [`127.0.0.1:${l.client}`], tls: { ca: ca.cert, ...app }, attempts: 1 });
+    const started = Date.now();
+    const slow = c.query({ tenant: "hospital", consistency: "local", sql: "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT COUNT(*) FROM n" });
+    // Appends go on meanwhile.
+    for (let i = 0; i < 20; i++) await c.append({ tenant: "hospital", stream: "during-query", events: [{ type: "Tick", data: { i } }] });
+    const e = await slow.then(() => undefined, (err: unknown) => err);
+    expect(e, `${String(e)}\n${l.output.slice(-3000)}`).toMatchObject({ code: grpc.status.DEADLINE_EXCEEDED });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(9_500);
+    const after = (await procs.status(l))!;
+    expect(after).toMatchObject({ state: "leader", view: before.view });
+    c.close();
+  }, 60_000);
 });

@@ -89,7 +89,7 @@ export class ProcessCluster {
   }
 
   /** Starts `node` with `peers` as its --cluster-peers (default: every other node added). */
-  start(node: ProcessNode, options: { peers?: ProcessNode[]; join?: boolean; clients?: { identity: string; tenants: string[] }[]; args?: string[] } = {}): void {
+  start(node: ProcessNode, options: { peers?: ProcessNode[]; join?: boolean; clients?: { identity: string; tenants: string[] }[]; args?: string[]; env?: Record<string, string> } = {}): void {
     const cert = this.ca.issue(`node-${node.id}`);
     // [[security.clients]] exists only in the config file.
     const config = join(this.dir, `node${node.id}.toml`);
@@ -103,6 +103,7 @@ export class ProcessCluster {
       env: {
         ...process.env, VERITY_SECURITY_TLS_CERT: cert.cert, VERITY_SECURITY_TLS_KEY: cert.key, VERITY_SECURITY_TLS_CA: this.ca.cert,
         VERITY_SECURITY_NODES: Array.from({ length: this.nodeCount }, (_, i) => `node-${i + 1}`).join(","), VERITY_SECURITY_ADMINS: "admin",
+        ...options.env,
       },
     });
     node.output = "";
