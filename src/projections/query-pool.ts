@@ -16,6 +16,7 @@
  * Workers are processes, not threads: see query-worker.ts for why.
  */
 
+import { setPriority } from "node:os";
 import { fork, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -39,6 +40,9 @@ import {
 import { isWorkerMessage, type QueryJob, type QueryParamValue, type WorkerMessage } from "./query-protocol.js";
 
 export type { QueryParamValue } from "./query-protocol.js";
+
+/** The scheduling priority (nice value) of query processes: below the node's own. */
+export const QUERY_WORKER_NICE = 10;
 
 /** How a pool runs. */
 export interface QueryPoolOptions {
@@ -295,6 +299,14 @@ export class QueryPool {
       execArgv: [`--max-old-space-size=${QUERY_WORKER_HEAP_MIB_MAX}`],
       stdio: ["ignore", "ignore", "inherit", "ipc"],
     });
+    // Queries yield the CPU to the node's own work (Raft, apply) when both want it.
+    if (child.pid !== undefined) {
+      try {
+        setPriority(child.pid, QUERY_WORKER_NICE);
+      } catch {
+        // Not permitted here: queries run at normal priority.
+      }
+    }
     let markExited: () => void = () => {};
     const exited = new Promise<void>((resolve) => (markExited = resolve));
     const slot: WorkerSlot = { child, exited, state: "starting", running: undefined };
