@@ -5,8 +5,8 @@
  * redrawn in place on a terminal, a line a second otherwise (scripts, CI logs).
  */
 
-import { AdminApi } from "../client/admin-client.js";
-import { ErrorCode, VerityError, assertNever } from "../errors.js";
+import { AdminCallError, AdminApi } from "../client/admin-client.js";
+import { ErrorCode, GrpcStatus, VerityError, assertNever } from "../errors.js";
 import type { ProjectionInfo, ProjectionStatusResponse } from "./admin-tenant-api.js";
 
 /** How often the status is asked for while waiting. */
@@ -82,6 +82,11 @@ async function statusOf(w: RebuildWait): Promise<{ projection: ProjectionInfo; t
   return { projection, tenantAppliedPosition: r.appliedPosition };
 }
 
+/** A failed status call worth asking again: the node did not answer (restarting, busy); a refusal is final. */
+function passing(e: unknown): boolean {
+  return e instanceof AdminCallError && (e.code === GrpcStatus.UNAVAILABLE || e.code === GrpcStatus.DEADLINE_EXCEEDED);
+}
+
 /** Polls until the projection is running or failed, or `timeoutMs` has passed; draws progress on the way. */
 export async function waitForRebuild(w: RebuildWait, progress: ProgressReporter): Promise<RebuildOutcome> {
   const started = Date.now();
@@ -94,7 +99,7 @@ export async function waitForRebuild(w: RebuildWait, progress: ProgressReporter)
         last = await statusOf(w);
         failures = 0;
       } catch (e) {
-        if (e instanceof VerityError || ++failures >= POLL_FAILURES_MAX) throw e;
+        if (!passing(e) || ++failures >= POLL_FAILURES_MAX) throw e;
       }
       if (last !== undefined) {
         const state = last.projection.state;
