@@ -13,6 +13,7 @@ import { randomUUID } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
 import { CLIENT_SERVICE } from "../server/client-service.js";
 import type { Plain } from "../server/grpc-methods.js";
+import type { ReadEvent } from "../server/data-plane.js";
 import { clientCredentials, isRetryable, targetOf, type ClientTlsFiles } from "./channel.js";
 
 /** Tries of one call across the endpoints before it fails. */
@@ -46,16 +47,8 @@ export interface AppendResult {
   requestId: string;
 }
 
-export interface StoredEvent {
-  position: number;
-  stream: string;
-  version: number;
-  eventId: string;
-  type: string;
-  data: Uint8Array;
-  metadata: Record<string, string>;
-  timestampMs: number;
-}
+/** An event as stored: its position (log index), stream, version and body. */
+export type StoredEvent = ReadEvent;
 
 export interface QueryResult {
   columns: string[];

@@ -447,17 +447,21 @@ export class PeerTransport implements TransportPort {
     cb(null, this.hello());
   }
 
-  private serveRequest(call: grpc.ServerUnaryCall<Plain, Plain>, cb: grpc.sendUnaryData<Plain>, body: (h: PeerRequestHandlers) => Promise<Plain>): void {
+  /** The request handlers, when the caller is a node and this node serves them; else answers the refusal. */
+  private handlersFor(call: { getAuthContext(): { sslPeerCertificate?: PeerCertificate } }, cb: grpc.sendUnaryData<Plain>): PeerRequestHandlers | undefined {
     const refused = this.refuseUnlessNode(call);
     if (refused !== undefined) {
       cb({ code: grpc.status.PERMISSION_DENIED, details: refused });
-      return;
+      return undefined;
     }
     const handlers = this.options.requests;
-    if (handlers === undefined) {
-      cb({ code: grpc.status.UNAVAILABLE, details: "this node is still starting; retry shortly" });
-      return;
-    }
+    if (handlers === undefined) cb({ code: grpc.status.UNAVAILABLE, details: "this node is still starting; retry shortly" });
+    return handlers;
+  }
+
+  private serveRequest(call: grpc.ServerUnaryCall<Plain, Plain>, cb: grpc.sendUnaryData<Plain>, body: (h: PeerRequestHandlers) => Promise<Plain>): void {
+    const handlers = this.handlersFor(call, cb);
+    if (handlers === undefined) return;
     body(handlers).then(
       (res) => cb(null, res),
       (e: unknown) => cb(toServiceError(e)),
@@ -469,16 +473,8 @@ export class PeerTransport implements TransportPort {
    * leader to this node; each is installed (durable) before the next is read.
    */
   private onCatchUp(call: grpc.ServerReadableStream<DecodeResult, Plain>, cb: grpc.sendUnaryData<Plain>): void {
-    const refused = this.refuseUnlessNode(call);
-    if (refused !== undefined) {
-      cb({ code: grpc.status.PERMISSION_DENIED, details: refused });
-      return;
-    }
-    const handlers = this.options.requests;
-    if (handlers === undefined) {
-      cb({ code: grpc.status.UNAVAILABLE, details: "this node is still starting; retry shortly" });
-      return;
-    }
+    const handlers = this.handlersFor(call, cb);
+    if (handlers === undefined) return;
     const install = async (): Promise<void> => {
       let leader: NodeId | undefined;
       // Bounded by the leader's stream, which ends at its commit index (and by its deadline).
