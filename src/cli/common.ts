@@ -1,15 +1,27 @@
 /** What every VerityDB command-line tool shares: version, exit codes, error reporting. */
 
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import yargs, { type Argv } from "yargs";
 import { VerityError } from "../errors.js";
 
 /** Exit codes of every tool: 0 ok, 1 the check failed or the operation was refused, 2 bad usage. */
 export const ExitCode = { OK: 0, FAILED: 1, USAGE: 2 } as const;
 
-export const VERSION: string = (
-  JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string }
-).version;
+/** The package's package.json, found by walking up from this module (src/cli in tests, dist/src/cli when built). */
+function packageJson(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  // Bounded: the root is a few levels up.
+  for (let level = 0; level < 6; level++) {
+    const candidate = join(dir, "package.json");
+    if (existsSync(candidate)) return candidate;
+    dir = dirname(dir);
+  }
+  throw new Error(`package.json not found above ${fileURLToPath(import.meta.url)}: the installation is incomplete`);
+}
+
+export const VERSION: string = (JSON.parse(readFileSync(packageJson(), "utf8")) as { version: string }).version;
 
 /** A yargs parser with the house conventions: -h/--help, -V/--version, strict flags, exit 2 on bad usage. */
 export function cli(name: string, argv: string[], description: string, usage = "$0 [options]"): Argv {
