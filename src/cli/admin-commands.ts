@@ -130,6 +130,7 @@ const nodeStatus = command<Connection>(async (a) => {
         `  commit_index ${String(r.commitIndex)}, applied_index ${String(r.appliedIndex)}`,
         `  sync ${String(r.syncMode)}, disk ${String(r.diskBytes)} bytes in ${String(r.segments)} segments`,
         `  client ${String(r.clientAddress)}, cluster ${String(r.clusterAddress)}`,
+        `  writes ${r.readOnly === true ? `frozen: read-only${String(r.readOnlyReason) === "" ? "" : ` (${String(r.readOnlyReason)})`}` : "allowed"}`,
       ].join("\n") + "\n",
     );
   }
@@ -141,6 +142,13 @@ const metrics = command<{ json: boolean; "metrics-endpoint": string; filter?: st
   const lines = text.split("\n").filter((l) => l !== "" && (a.filter === undefined || l.includes(a.filter)));
   if (a.json) printJson({ endpoint: a["metrics-endpoint"], samples: parseMetrics(lines) });
   else process.stdout.write(lines.join("\n") + "\n");
+  return ExitCode.OK;
+});
+
+const readOnly = command<Connection & { mode: string; reason?: string }>(async (a) => {
+  const { response } = await api(a).call("setReadOnly", { on: a.mode === "on", reason: a.reason ?? "" });
+  if (a.json) printJson(response);
+  else process.stdout.write(`${String(response.message)}\n`);
   return ExitCode.OK;
 });
 
@@ -182,8 +190,14 @@ function addClusterCommands(c: Argv): Argv {
       (s) => s.options({ ...connectionOptions, peers: { type: "string", demandOption: true, describe: "Cluster addresses, comma-separated (node1:7001,node2:7001)" } })
         .example("$0 cluster ping --peers node1:7001,node2:7001,node3:7001", "When a cluster won't form"),
       clusterPing)
+    .command("readonly <mode>", "A replicated write freeze for maintenance: appends get UNAVAILABLE with the reason; reads and queries go on",
+      (s) => s.positional("mode", { choices: ["on", "off"], describe: "on: freeze writes; off: resume them" })
+        .options({ ...connectionOptions, reason: { type: "string", describe: "Why (appends are refused with it; status shows it)" } })
+        .example("$0 cluster readonly on --reason 'disk replacement on node2'", "Freeze writes")
+        .example("$0 cluster readonly off", "Resume writes"),
+      readOnly)
     .example("$0 cluster status", "Every member and the leader")
-    .demandCommand(1, "cluster needs a subcommand: status, wait-healthy or ping");
+    .demandCommand(1, "cluster needs a subcommand: status, wait-healthy, ping or readonly");
 }
 
 function addMemberCommands(c: Argv): Argv {

@@ -57,6 +57,12 @@ export type BatchOutcome =
       readonly code: typeof ErrorCode.NOT_FOUND;
       /** The tenant did not exist when the batch was decided. */
       readonly tenant: string;
+    }
+  | {
+      readonly ok: false;
+      readonly code: typeof ErrorCode.UNAVAILABLE;
+      /** The cluster was read-only (`verity-admin cluster readonly on`) when the batch was decided. */
+      readonly readOnly: string;
     };
 
 /** The state the decisions depend on, as of the entries before the one being decided. */
@@ -67,6 +73,8 @@ export interface EventStateView {
   outcome(tenant: string, requestId: string): BatchOutcome | undefined;
   /** Whether the tenant was created (by an ADMIN entry before this one). */
   tenantExists(tenant: string): boolean;
+  /** The reason of the cluster's write freeze, or undefined when writes are allowed. */
+  readOnly(): string | undefined;
 }
 
 export type Decision =
@@ -88,13 +96,16 @@ export type Decision =
       readonly positions: readonly [number, number];
       readonly outcome: BatchOutcome & { ok: false; code: typeof ErrorCode.WRONG_EXPECTED_VERSION };
     }
-  /** The tenant does not exist: the entries are void and nothing is remembered (a retry after creating it appends). */
+  /**
+   * The tenant does not exist, or the cluster is read-only: the entries are void and nothing is
+   * remembered (a retry once the tenant exists or writes resume appends).
+   */
   | {
       readonly kind: "refused";
       readonly tenant: string;
       readonly stream: string;
       readonly positions: readonly [number, number];
-      readonly outcome: BatchOutcome & { ok: false; code: typeof ErrorCode.NOT_FOUND };
+      readonly outcome: BatchOutcome & { ok: false; code: typeof ErrorCode.NOT_FOUND | typeof ErrorCode.UNAVAILABLE };
     }
   /** A retry of a request id already decided: the entries are void, the first outcome stands. */
   | {
@@ -196,6 +207,8 @@ export class BatchAssembler {
     if (!state.tenantExists(tenant)) {
       return { kind: "refused", tenant, stream, positions, outcome: { ok: false, code: ErrorCode.NOT_FOUND, tenant } };
     }
+    const frozen = state.readOnly();
+    if (frozen !== undefined) return { kind: "refused", tenant, stream, positions, outcome: { ok: false, code: ErrorCode.UNAVAILABLE, readOnly: frozen } };
     if (requestId !== "") {
       const earlier = state.outcome(tenant, requestId);
       if (earlier !== undefined) return { kind: "duplicate", tenant, requestId, positions, outcome: earlier };

@@ -93,7 +93,8 @@ export type AdminCommand =
   | { readonly kind: "createTenant"; readonly body: Record<string, never> }
   | { readonly kind: "migrate"; readonly body: { readonly name: string; readonly sql: string } }
   | { readonly kind: "createProjection"; readonly body: { readonly definitionJson: string; readonly fromStart: boolean } }
-  | { readonly kind: "rebuildProjection"; readonly body: { readonly name: string } };
+  | { readonly kind: "rebuildProjection"; readonly body: { readonly name: string } }
+  | { readonly kind: "setReadOnly"; readonly body: { readonly on: boolean; readonly reason: string } };
 
 let adminType: protobuf.Type | undefined;
 const adminCommandType = (): protobuf.Type => (adminType ??= protoType("AdminCommand"));
@@ -119,6 +120,8 @@ export function decodeAdminCommand(payload: Uint8Array): AdminCommand | undefine
         return { kind, body: { definitionJson: String(body.definitionJson ?? ""), fromStart: Boolean(body.fromStart) } };
       case "rebuildProjection":
         return { kind, body: { name: String(body.name ?? "") } };
+      case "setReadOnly":
+        return { kind, body: { on: Boolean(body.on), reason: String(body.reason ?? "") } };
       default:
         return undefined;
     }

@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS events (
   tenant TEXT NOT NULL, position INTEGER NOT NULL, stream TEXT NOT NULL, version INTEGER NOT NULL, bytes INTEGER NOT NULL,
   PRIMARY KEY (tenant, position)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tenants (tenant TEXT PRIMARY KEY, created_at INTEGER NOT NULL, streams INTEGER NOT NULL, events INTEGER NOT NULL, bytes INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cluster_state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tenant_commands (
   tenant TEXT NOT NULL, position INTEGER NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL,
   PRIMARY KEY (tenant, position)) WITHOUT ROWID;
@@ -78,6 +79,8 @@ export class EventStore implements EventStateView {
       version: s("SELECT version FROM streams WHERE tenant = ? AND stream = ?").pluck(),
       setVersion: s("INSERT INTO streams (tenant, stream, version) VALUES (?, ?, ?) ON CONFLICT (tenant, stream) DO UPDATE SET version = excluded.version"),
       addEvent: s("INSERT INTO events (tenant, position, stream, version, bytes) VALUES (?, ?, ?, ?, ?)"),
+      clusterValue: s("SELECT value FROM cluster_state WHERE key = ?").pluck(),
+      setClusterValue: s("INSERT INTO cluster_state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"),
       lastEventPosition: s("SELECT MAX(position) FROM events WHERE tenant = ?").pluck(),
       tenantExists: s("SELECT 1 FROM tenants WHERE tenant = ?").pluck(),
       addTenant: s("INSERT INTO tenants (tenant, created_at, streams, events, bytes) VALUES (?, ?, 0, 0, 0)"),
@@ -232,6 +235,19 @@ export class EventStore implements EventStateView {
   /** A tenant's events with positions in [from, to], in order. */
   tenantEventsUpTo(tenant: string, from: number, to: number, limit: number): IndexedEvent[] {
     return this.statements.tenantEventsUpTo.all(tenant, from, to, limit) as IndexedEvent[];
+  }
+
+  /** The cluster's write freeze: undefined when writes are allowed, else its reason. */
+  readOnly(): string | undefined {
+    const v = this.statements.clusterValue.get("read_only") as string | undefined;
+    if (v === undefined) return undefined;
+    const o = JSON.parse(v) as { on: boolean; reason: string };
+    return o.on ? o.reason : undefined;
+  }
+
+  /** Records the write freeze; call inside `transaction`. */
+  setReadOnly(on: boolean, reason: string, position: number): void {
+    this.statements.setClusterValue.run("read_only", JSON.stringify({ on, reason, position }));
   }
 
   /** The position of the tenant's last event (0 when it has none). */

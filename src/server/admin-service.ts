@@ -58,6 +58,7 @@ export const ADMIN_SERVICE: grpc.ServiceDefinition = {
   createProjection: unary("CreateProjection", "CreateProjectionRequest", "CommandResponse"),
   projectionStatus: unary("ProjectionStatus", "TenantRequest", "ProjectionStatusResponse"),
   rebuildProjection: unary("RebuildProjection", "ProjectionRequest", "CommandResponse"),
+  setReadOnly: unary("SetReadOnly", "SetReadOnlyRequest", "CommandResponse"),
 };
 
 type Call = grpc.ServerUnaryCall<Record<string, unknown>, Record<string, unknown>>;
@@ -108,5 +109,6 @@ export function adminHandlers(target: AdminTarget, onAuthFailure: () => void): g
     createProjection: guarded(async (r) => target.tenantAdmin().createProjection(String(r.tenant ?? ""), String(r.definition ?? ""), Boolean(r.fromStart))),
     projectionStatus: guarded(async (r) => target.tenantAdmin().projectionStatus(String(r.tenant ?? ""), target.commitIndex()) as Record<string, unknown>),
     rebuildProjection: guarded(async (r) => target.tenantAdmin().rebuildProjection(String(r.tenant ?? ""), String(r.projection ?? ""))),
+    setReadOnly: guarded(async (r) => target.tenantAdmin().setReadOnly(Boolean(r.on), String(r.reason ?? ""))),
   };
 }

@@ -14,7 +14,7 @@ import { EVENTS_PER_BATCH_MAX, READ_INDEX_PENDING_MAX } from "../limits.js";
 import type { ExpectedVersion } from "../projections/apply-events.js";
 import { decodeEventRecord, encodeEventRecord, expectedFromProto } from "../projections/event-codec.js";
 import type { IndexedEvent } from "../projections/event-store.js";
-import { PENDING_APPENDS_MAX, outcomeError, type EventStateMachine } from "./event-apply.js";
+import { PENDING_APPENDS_MAX, outcomeError, readOnlyError, type EventStateMachine } from "./event-apply.js";
 import { childSpan } from "./tracing.js";
 import type { Span } from "@opentelemetry/api";
 import type { PeerTransport } from "./peer-transport.js";
@@ -177,6 +177,8 @@ export class DataPlane {
   private async appendAsLeader(a: ValidatedAppend): Promise<AppendAnswer> {
     const { driver } = this.role();
     const store = this.deps.stateMachine.store;
+    const frozen = store.readOnly();
+    if (frozen !== undefined) throw readOnlyError(frozen);
     const tenant = store.tenant(a.tenant);
     if (tenant === undefined) throw new VerityError(ErrorCode.NOT_FOUND, `tenant "${a.tenant}" does not exist: create it first (verity-admin tenant create --tenant ${a.tenant})`);
     if (tenant.streams >= this.deps.streamsPerTenantMax && store.lastVersion(a.tenant, a.stream) === undefined) {

@@ -45,6 +45,14 @@ interface PendingCommand {
   reject(error: Error): void;
 }
 
+/** What an append gets while the cluster is read-only. */
+export function readOnlyError(reason: string): VerityError {
+  return new VerityError(
+    ErrorCode.UNAVAILABLE,
+    `the cluster is read-only for maintenance${reason === "" ? "" : ` (${reason})`}: nothing was appended; reads and queries go on. Retry once an operator runs verity-admin cluster readonly off`,
+  );
+}
+
 /** The error a failed batch outcome answers with. */
 export function outcomeError(o: BatchOutcome & { ok: false }, stream: string): VerityError {
   switch (o.code) {
@@ -55,6 +63,8 @@ export function outcomeError(o: BatchOutcome & { ok: false }, stream: string): V
     }
     case ErrorCode.NOT_FOUND:
       return new VerityError(ErrorCode.NOT_FOUND, `tenant "${o.tenant}" does not exist: create it first (verity-admin tenant create --tenant ${o.tenant})`);
+    case ErrorCode.UNAVAILABLE:
+      return readOnlyError(o.readOnly);
   }
 }
 
@@ -128,7 +138,7 @@ export class EventStateMachine implements StateMachinePort {
       this.settleCommand(index, new VerityError(ErrorCode.UNAVAILABLE, why));
     }
     for (const c of commands) {
-      this.onCommand?.(c.tenant);
+      if (c.tenant !== "") this.onCommand?.(c.tenant);
       this.settleCommand(c.index, c.result.ok ? c.result : new VerityError(c.result.code, c.result.message));
     }
     for (const d of decisions) {
@@ -187,6 +197,10 @@ export class EventStateMachine implements StateMachinePort {
     const command = decodeAdminCommand(e.payload);
     if (command === undefined) return { ok: false, code: ErrorCode.INVALID_ARGUMENT, message: `the administration entry at position ${e.index} does not decode` };
     const tenant = e.tenant;
+    if (command.kind === "setReadOnly") {
+      this.store.setReadOnly(command.body.on, command.body.reason, e.index);
+      return { ok: true, position: e.index };
+    }
     if (command.kind === "createTenant") {
       if (this.store.tenantExists(tenant)) return { ok: false, code: ErrorCode.ALREADY_EXISTS, message: `tenant "${tenant}" exists already` };
       this.store.createTenant(tenant, e.index);

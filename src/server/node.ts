@@ -514,6 +514,8 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
       syncMode: this.dir.log.mode,
       diskBytes: segments.reduce((n, seg) => n + seg.bytes, 0),
       segments: segments.length,
+      readOnly: this.stateMachine.store.readOnly() !== undefined,
+      readOnlyReason: this.stateMachine.store.readOnly() ?? "",
     };
   }
 
@@ -607,6 +609,7 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
       commit_index: s?.commit ?? 0,
       applied_index: this.applied,
       leader_id: leader,
+      read_only: this.stateMachine.store.readOnly() !== undefined,
       cluster: {
         peers: members.map((id) => {
           const seen = this.lastSeen.get(id);

@@ -130,6 +130,13 @@ export class TenantAdmin {
     return { position, message: `projection "${name}" is rebuilding from its start (position ${position}); projection status shows its progress` };
   }
 
+  /** Turns the cluster's write freeze on or off (a cluster-wide entry). */
+  async setReadOnly(on: boolean, reason: string): Promise<{ position: number; message: string }> {
+    if (Buffer.byteLength(reason) > 1024) throw new InvalidArgumentError("the reason is longer than 1024 bytes");
+    const position = await this.propose("", { kind: "setReadOnly", body: { on, reason } });
+    return { position, message: on ? `the cluster is read-only from position ${position}: appends are refused, reads and queries go on` : `writes resume from position ${position}` };
+  }
+
   /** Each projection's state, this node's applied positions, and the digest of the tenant's database. */
   projectionStatus(tenant: string, commitIndex: number): object {
     this.requireTenant(tenant);

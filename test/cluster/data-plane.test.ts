@@ -13,6 +13,7 @@ import { TestCa, type CertFiles } from "../helpers/certs.js";
 import { tempDir } from "../helpers/log-fixtures.js";
 import { ProcessCluster, exited, until, type ProcessNode } from "../helpers/process-cluster.js";
 import { VerityClient, VerityClientError, type StoredEvent } from "../../src/client/verity-client.js";
+import { AdminApi } from "../../src/client/admin-client.js";
 
 const run = promisify(execFile);
 const root = join(import.meta.dirname, "..", "..");
@@ -210,6 +211,24 @@ describe("the Client API on a 3-node cluster with mutual TLS", () => {
     const usage = await verity(["append", "--tenant", "acme", "--stream", "cli", "--type", "X", "--data", "{oops"]);
     expect(usage.code).toBe(2);
     expect(usage.stderr).toMatch(/--data is not valid JSON/);
+  });
+
+  it("cluster readonly: a replicated write freeze refuses appends with the reason; reads go on", async () => {
+    const admin = new AdminApi({ endpoints: nodes.map((n) => `127.0.0.1:${n.client}`), tls: { ca: ca.cert, ...procs.admin } });
+    const c = new VerityClient({ endpoints: nodes.map((n) => `127.0.0.1:${n.client}`), tls: { ca: ca.cert, cert: writer.cert, key: writer.key }, attempts: 1 });
+    await c.append({ tenant: "acme", stream: "freeze", events: [{ type: "Before", data: {} }] });
+    await admin.call("setReadOnly", { on: true, reason: "disk replacement" });
+    for (const n of nodes) {
+      const one = new VerityClient({ endpoints: [`127.0.0.1:${n.client}`], tls: { ca: ca.cert, cert: writer.cert, key: writer.key }, attempts: 1 });
+      await expectCode(one.append({ tenant: "acme", stream: "freeze", events: [{ type: "During", data: {} }] }), grpc.status.UNAVAILABLE, /read-only for maintenance \(disk replacement\)/);
+      expect((await one.read({ tenant: "acme", stream: "freeze" })).events.map((e) => e.type)).toEqual(["Before"]);
+      one.close();
+    }
+    expect((await admin.call("nodeStatus", {})).response).toMatchObject({ readOnly: true, readOnlyReason: "disk replacement" });
+    await admin.call("setReadOnly", { on: false });
+    await c.append({ tenant: "acme", stream: "freeze", events: [{ type: "After", data: {} }] });
+    expect((await c.read({ tenant: "acme", stream: "freeze" })).events.map((e) => e.type)).toEqual(["Before", "After"]);
+    c.close();
   });
 
   it("loses no acknowledged append when the leader is killed with -9 under load", async () => {

@@ -15,6 +15,9 @@ class MemoryState implements EventStateView {
   tenantExists(tenant: string): boolean {
     return tenant !== "unknown";
   }
+  readOnly(): string | undefined {
+    return undefined;
+  }
   apply(d: Decision): void {
     if (d.kind === "appended") {
       this.versions.set(`${d.tenant}/${d.stream}`, d.outcome.lastVersion);
