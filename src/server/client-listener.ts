@@ -159,6 +159,10 @@ export class ClientListener {
   }
 
   private onConnection(socket: net.Socket): void {
+    // Small gRPC answers must leave at once: HTTP/2 sets TCP_NODELAY on sockets it accepts itself,
+    // but it never sees this one (we accept it, sniff or terminate TLS, then inject the stream).
+    // Without it, Nagle holds an answer until the client's delayed ACK, up to 40 ms.
+    socket.setNoDelay(true);
     this.sockets.add(socket);
     socket.once("close", () => this.sockets.delete(socket));
     socket.on("error", () => socket.destroy());
