@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { hideBin } from "yargs/helpers";
 import { NodeFileSystem } from "../log/node-fs.js";
 import { dumpLog, verifyLog, type VerifyReport } from "../log/offline.js";
+import { verifyProjections, type ProjectionsReport } from "../projections/verify-projections.js";
 import { ExitCode, cli, formatBytes } from "./common.js";
 import { FailedPreconditionError } from "../errors.js";
 import { addAdminCommands } from "./admin-commands.js";
@@ -61,11 +62,27 @@ function printVerify(report: VerifyReport, title: string): void {
   }
 }
 
-async function verifyCommand(dataDir: string, json: boolean, title: string): Promise<number> {
-  const report = await verifyLog(new NodeFileSystem(), await logDirOf(dataDir));
-  if (json) printJson(report);
-  else printVerify(report, title);
-  return report.ok ? ExitCode.OK : ExitCode.FAILED;
+async function verifyCommand(dataDir: string, json: boolean, title: string, withProjections = false): Promise<number> {
+  const fs = new NodeFileSystem();
+  const report = await verifyLog(fs, await logDirOf(dataDir));
+  const projections = withProjections && report.ok ? await verifyProjections(fs, dataDir, report.lastIndex ?? 0) : undefined;
+  if (json) printJson(projections === undefined ? report : { ...report, ok: report.ok && projections.ok, projections });
+  else {
+    printVerify(report, title);
+    if (projections !== undefined) printProjections(projections);
+  }
+  return report.ok && (projections?.ok ?? true) ? ExitCode.OK : ExitCode.FAILED;
+}
+
+function printProjections(p: ProjectionsReport): void {
+  const out = process.stdout;
+  out.write(`projections: event index applied up to ${p.eventIndexPosition ?? "(none)"}\n`);
+  for (const t of p.tenants) {
+    const label = t.status === "ok" ? "ok" : t.status === "replay-skipped" ? "not replayed" : "DAMAGE";
+    out.write(`  tenant ${t.tenant.padEnd(20)} applied ${String(t.appliedPosition).padStart(9)}  ${label}${t.detail === "" ? "" : `: ${t.detail}`}\n`);
+  }
+  for (const n of p.notes) out.write(`  note: ${n}\n`);
+  out.write(p.ok ? `OK: ${p.tenants.length} tenants' projections checked\n` : "FAILED: projections that do not match the log were found\n");
 }
 
 async function dumpCommand(dataDir: string, from: number, limit: number, json: boolean): Promise<number> {
@@ -151,7 +168,7 @@ export async function main(argv: string[]): Promise<void> {
       "verify",
       "Check a data directory (log integrity now; projection checks join with projections)",
       (c) => c.options(dataDirOption).example("$0 verify --data-dir /var/lib/verity", "After verity-restore, before starting the node"),
-      (a) => runAdmin(a.json, () => verifyCommand(a["data-dir"], a.json, "verify")),
+      (a) => runAdmin(a.json, () => verifyCommand(a["data-dir"], a.json, "verify", true)),
     )
     .example("$0 cluster status", "Every member of the cluster and its leader")
     .example("$0 doctor --config /etc/verity/config.toml", "Check what the troubleshooting guide checks by hand")

@@ -60,6 +60,8 @@ export interface ProjectorDeps {
   readonly logger?: ProjectorLogger;
   /** A tenant's projections reached `position`. */
   onProgress?(tenant: string, position: number): void;
+  /** Apply no further than this position (a verification replay); default: the event index's applied position. */
+  through?(): number;
 }
 
 type ProjectionState = "running" | "rebuilding" | "failed";
@@ -163,7 +165,7 @@ export class TenantProjections {
    */
   async step(): Promise<boolean> {
     const store = this.deps.store;
-    const through = store.appliedPosition;
+    const through = Math.min(store.appliedPosition, this.deps.through?.() ?? Number.MAX_SAFE_INTEGER);
     let more = false;
     if (through > this.applied) {
       const from = this.applied + 1;

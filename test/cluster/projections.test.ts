@@ -6,7 +6,10 @@
  * failing migration changes nothing; queries are read-only and confined to their tenant; a long
  * query does not disturb the cluster.
  */
+import { execFile } from "node:child_process";
 import { join } from "node:path";
+import { promisify } from "node:util";
+import Database from "better-sqlite3";
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TestCa, type CertFiles } from "../helpers/certs.js";
@@ -14,6 +17,8 @@ import { tempDir } from "../helpers/log-fixtures.js";
 import { AdminClient, ProcessCluster, exited, until, type ProcessNode } from "../helpers/process-cluster.js";
 import { VerityClient, type NewEvent } from "../../src/client/verity-client.js";
 
+const run = promisify(execFile);
+const root = join(import.meta.dirname, "..", "..");
 const tmp = tempDir("projections");
 const ca = new TestCa(join(tmp.path, "ca"));
 const procs = new ProcessCluster(tmp.path, ca);
@@ -178,6 +183,27 @@ describe("projections on a 3-node cluster", () => {
     }));
     expect(new Set(answers).size).toBe(1);
     expect(JSON.parse(answers[0]!)[2]).toEqual([[7, "patient 7", "D"]]);
+    // verify --data-dir on a stopped node: the log, and a replay that reproduces the projections.
+    const stopped = nodes.find((n) => n !== l2 && n !== victim) ?? victim;
+    stopped.process!.kill("SIGTERM");
+    expect(await exited(stopped.process!)).toBe(0);
+    const verify = () =>
+      run(process.execPath, [join(root, "bin", "verity-admin.js"), "verify", "--data-dir", join(tmp.path, `node${stopped.id}`), "--json"]).then(
+        (r) => ({ code: 0, out: JSON.parse(r.stdout) as { ok: boolean; projections: { tenants: { tenant: string; status: string }[] } } }),
+        (e: { code: number; stdout: string }) => ({ code: e.code, out: JSON.parse(e.stdout) as { ok: boolean; projections: { tenants: { tenant: string; status: string }[] } } }),
+      );
+    const good = await verify();
+    expect(good.code).toBe(0);
+    expect(good.out.projections.tenants.find((t) => t.tenant === "hospital")!.status).toBe("ok");
+    const tampered = new Database(join(tmp.path, `node${stopped.id}`, "projections", "tenant_hospital", "projections.sqlite"));
+    tampered.prepare("UPDATE ward_counts SET admitted = admitted + 1").run();
+    tampered.close();
+    const bad = await verify();
+    expect(bad.code).toBe(1);
+    expect(bad.out.projections.tenants.find((t) => t.tenant === "hospital")!.status).toBe("replay-mismatch");
+    procs.start(stopped, { clients, env: QUERY_LIMIT });
+    await until("the stopped node back", async () => ((await procs.status(stopped))?.state === "follower" ? true : undefined));
+
     const tenant = await admin(nodes[0]!, "showTenant", { tenant: "hospital" });
     expect(tenant).toMatchObject({ tenant: "hospital", projections: ["patients", "ward_counts"], streams: 91 });
     c.close();
