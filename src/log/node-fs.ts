@@ -7,6 +7,7 @@ import { constants as fsConstants } from "node:fs";
 import * as fsp from "node:fs/promises";
 import { IoError } from "../errors.js";
 import type { FileHandle, FileStat, FileSystem, OpenMode } from "./fs-port.js";
+import { syncJournal } from "./test-sync-journal.js"; // TEST ONLY (jepsen lose-unsynced); undefined in production
 
 const OPEN_FLAGS: Record<OpenMode, number> = {
   read: fsConstants.O_RDONLY,
@@ -22,6 +23,8 @@ class NodeFileHandle implements FileHandle {
   constructor(
     readonly path: string,
     private readonly handle: fsp.FileHandle,
+    /** Opened with O_DSYNC: every write is durable when it returns (read by the TEST ONLY journal). */
+    private readonly dsync = false,
   ) {}
 
   async read(buffer: Uint8Array, offset: number, length: number, position: number): Promise<number> {
@@ -46,6 +49,7 @@ class NodeFileHandle implements FileHandle {
         throw new IoError(this.path, "write", e);
       }
     }
+    if (this.dsync) syncJournal?.durable(this.path, position + length); // TEST ONLY (jepsen lose-unsynced)
   }
 
   async datasync(): Promise<void> {
@@ -54,6 +58,7 @@ class NodeFileHandle implements FileHandle {
     } catch (e) {
       throw new IoError(this.path, "fdatasync", e);
     }
+    if (syncJournal !== undefined) syncJournal.durable(this.path, await this.size()); // TEST ONLY (jepsen lose-unsynced)
   }
 
   async sync(): Promise<void> {
@@ -62,6 +67,7 @@ class NodeFileHandle implements FileHandle {
     } catch (e) {
       throw new IoError(this.path, "fsync", e);
     }
+    if (syncJournal !== undefined) syncJournal.durable(this.path, await this.size()); // TEST ONLY (jepsen lose-unsynced)
   }
 
   async truncate(length: number): Promise<void> {
@@ -93,7 +99,7 @@ class NodeFileHandle implements FileHandle {
 export class NodeFileSystem implements FileSystem {
   async open(path: string, mode: OpenMode): Promise<FileHandle> {
     try {
-      return new NodeFileHandle(path, await fsp.open(path, OPEN_FLAGS[mode], 0o644));
+      return new NodeFileHandle(path, await fsp.open(path, OPEN_FLAGS[mode], 0o644), mode === "readwrite-dsync");
     } catch (e) {
       throw new IoError(path, mode === "read" ? "open for reading" : "open for writing", e);
     }
@@ -129,6 +135,7 @@ export class NodeFileSystem implements FileSystem {
     } catch (e) {
       throw new IoError(from, `rename to ${to}:`, e);
     }
+    syncJournal?.renamed(from, to); // TEST ONLY (jepsen lose-unsynced)
   }
 
   async unlink(path: string): Promise<void> {
@@ -137,6 +144,7 @@ export class NodeFileSystem implements FileSystem {
     } catch (e) {
       throw new IoError(path, "remove", e);
     }
+    syncJournal?.removed(path); // TEST ONLY (jepsen lose-unsynced)
   }
 
   async syncDir(path: string): Promise<void> {
