@@ -1,9 +1,13 @@
-/** `npm run bench -- [log] [--data-dir D] [--seconds S]`: the benchmarks and their report. */
+/**
+ * `npm run bench -- [log] [--data-dir D] [--seconds S]` and
+ * `npm run bench -- cluster [--seconds S] [--clients N] [--skip-etcd]`: the benchmarks and their report.
+ */
 
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { hideBin } from "yargs/helpers";
 import yargs from "yargs";
 import { logBench } from "./log-bench.js";
+import { clusterBench } from "./cluster-bench.js";
 
 const root = join(import.meta.dirname, "..", "..");
 
@@ -19,6 +23,37 @@ await yargs(hideBin(process.argv))
       }),
     async (a) => {
       await logBench({ dataDir: a["data-dir"], seconds: a.seconds, resultsDir: join(root, "bench", "results") });
+    },
+  )
+  .command(
+    "cluster",
+    "3-node cluster append throughput and latency (fsync on, loopback) versus a 3-member etcd cluster",
+    (y) =>
+      y.options({
+        seconds: { type: "number", default: 10, describe: "Measured seconds per phase (each after a 1 s warm-up)" },
+        clients: { type: "number", default: 64, describe: "Concurrent client loops" },
+        "skip-etcd": { type: "boolean", default: false, describe: "Measure VerityDB only (etcd figures and the ratio are null)" },
+        "client-mode": { choices: ["shared", "per-loop"] as const, default: "shared" as const, describe: "One VerityClient for all loops, or one per loop (grpc-js still shares one connection between them)" },
+        "etcd-endpoints": { choices: ["leader", "all"] as const, default: "leader" as const, describe: "Give the etcd client the leader's URL only, or all three" },
+        "cpu-prof-dir": { type: "string", describe: "Run the VerityDB nodes with --cpu-prof, write their profiles here and summarize them" },
+      })
+        .check((a) => {
+          if (!(Number.isInteger(a.clients) && a.clients >= 1 && a.clients <= 1024)) throw new Error(`--clients ${a.clients}: give a whole number from 1 to 1024`);
+          if (!(a.seconds > 0 && a.seconds <= 3600)) throw new Error(`--seconds ${a.seconds}: give a number of seconds above 0, at most 3600`);
+          return true;
+        }),
+    async (a) => {
+      try {
+        await clusterBench({
+          seconds: a.seconds, clients: a.clients, skipEtcd: a["skip-etcd"], resultsDir: join(root, "bench", "results"),
+          clientMode: a["client-mode"], etcdEndpoints: a["etcd-endpoints"],
+          cpuProfileDir: a["cpu-prof-dir"] === undefined ? undefined : resolve(a["cpu-prof-dir"]),
+        });
+      } catch (e) {
+        // A failed run is not a usage error: the reason, without the option list.
+        process.stderr.write(`cluster benchmark failed: ${e instanceof Error ? e.message : String(e)}\n`);
+        process.exitCode = 1;
+      }
     },
   )
   .strict()
