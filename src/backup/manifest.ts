@@ -24,6 +24,18 @@ export const MANIFEST_FORMAT = 1;
 export const STREAM_MANIFEST_KEY = "manifest.json";
 export const SNAPSHOT_MANIFEST_PATH = "backup-manifest.json";
 
+/**
+ * A damaged or missing part of a backup: a CorruptionError (code CORRUPTION, gRPC DATA_LOSS) whose
+ * message names the object, archive entry or manifest and says what to do about a backup, not a node.
+ */
+export class DamagedBackupError extends CorruptionError {
+  constructor(name: string, detail: string, at?: { offset?: number; index?: number }) {
+    super({ file: name, offset: at?.offset ?? 0, index: at?.index }, detail);
+    const where = (at?.offset === undefined || at.offset === 0 ? "" : ` at byte offset ${at.offset}`) + (at?.index === undefined ? "" : ` (log index ${at.index})`);
+    this.message = `damaged backup: ${name}${where}: ${detail}. Nothing was restored from it; restore from another backup, or to an earlier --position`;
+  }
+}
+
 /** One log segment in a backup. */
 export interface BackedUpSegment {
   /** The segment's sequence number (its file name on the node). */
@@ -85,7 +97,7 @@ function checksummed(body: Record<string, unknown>): Buffer {
 /** Parses and checks the checksum; throws CorruptionError naming `displayName`. */
 function parseChecksummed(bytes: Uint8Array, displayName: string, kind: string): Record<string, unknown> {
   const fail = (detail: string): never => {
-    throw new CorruptionError({ file: displayName, offset: 0 }, detail);
+    throw new DamagedBackupError(displayName, detail);
   };
   let parsed: unknown;
   try {
@@ -125,7 +137,7 @@ class Reader {
   constructor(private readonly displayName: string) {}
 
   fail(detail: string): never {
-    throw new CorruptionError({ file: this.displayName, offset: 0 }, detail);
+    throw new DamagedBackupError(this.displayName, detail);
   }
 
   count(o: Record<string, unknown>, field: string): number {
@@ -214,3 +226,4 @@ export function decodeSnapshotManifest(bytes: Uint8Array, displayName: string): 
 export function lastBackedUpIndex(segments: readonly BackedUpSegment[]): number {
   return segments.length === 0 ? 0 : segments[segments.length - 1]!.lastIndex;
 }
+

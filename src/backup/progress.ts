@@ -24,6 +24,7 @@ export class ByteProgress {
 
   /** Starts a named phase ("downloading", "rebuilding projections") with its own total. */
   start(phase: string, total: number): void {
+    if (this.phase !== "") this.draw(true);
     this.finishLine();
     this.phase = phase;
     this.total = total;

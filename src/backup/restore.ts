@@ -22,7 +22,7 @@ import { open } from "node:fs/promises";
 import { once } from "node:events";
 import { dirname, join } from "node:path";
 import { AdminApi, type ClientTlsFiles } from "../client/admin-client.js";
-import { CorruptionError, ErrorCode, FailedPreconditionError, VerityError, invariant } from "../errors.js";
+import { ErrorCode, FailedPreconditionError, VerityError, invariant } from "../errors.js";
 import { DirLock, LOCK_FILE_NAME } from "../log/dir-lock.js";
 import type { FileSystem } from "../log/fs-port.js";
 import { uuidBytes, writeMetaState, type MetaState } from "../log/meta-state.js";
@@ -32,6 +32,7 @@ import { SegmentedLog } from "../log/segmented-log.js";
 import { verifyProjections, type ProjectionsReport } from "../projections/verify-projections.js";
 import { ARCHIVE_MANIFEST_BYTES_MAX, MANIFEST_BYTES_MAX, REJOIN_ENDPOINTS_MAX } from "./backup-limits.js";
 import {
+  DamagedBackupError,
   SNAPSHOT_MANIFEST_PATH,
   STREAM_MANIFEST_KEY,
   decodeSnapshotManifest,
@@ -44,7 +45,7 @@ import { readSmallObject, type ObjectStore } from "./object-store.js";
 import type { ByteProgress } from "./progress.js";
 import { rebuildState, type ReplayResult } from "./replay.js";
 import { inspectSegment } from "./segment-file.js";
-import { readTarGz, type EntrySink } from "./tar-gz.js";
+import { drained, readTarGz, type EntrySink } from "./tar-gz.js";
 
 /** The staging directory inside the target. */
 export const STAGING_NAME = ".verity-restore";
@@ -180,7 +181,7 @@ class HashingFile implements EntrySink {
     this.hash.update(chunk);
     this.bytes += chunk.length;
     this.onBytes(chunk.length);
-    if (!this.file.write(chunk)) await Promise.race([once(this.file, "drain"), once(this.file, "error")]);
+    if (!this.file.write(chunk)) await drained(this.file);
   }
 
   async end(): Promise<void> {
@@ -202,13 +203,13 @@ async function fetchArchive(o: RestoreOptions, staging: string): Promise<Staged>
   o.progress.start("reading the archive", statSync(archive).size);
   await readTarGz(archive, (entry) => {
     if (entry.type !== "File" || !ARCHIVE_PATH.test(entry.path) || entry.path.split("/").includes("..")) {
-      throw new CorruptionError({ file: archive, offset: 0 }, `entry "${entry.path}" is not part of a VerityDB snapshot`);
+      throw new DamagedBackupError(archive, `entry "${entry.path}" is not part of a VerityDB snapshot`);
     }
     if (files.has(entry.path) || (entry.path === SNAPSHOT_MANIFEST_PATH && manifestBytes !== undefined)) {
-      throw new CorruptionError({ file: archive, offset: 0 }, `entry "${entry.path}" appears twice`);
+      throw new DamagedBackupError(archive, `entry "${entry.path}" appears twice`);
     }
     if (entry.path === SNAPSHOT_MANIFEST_PATH) {
-      if (entry.size > ARCHIVE_MANIFEST_BYTES_MAX) throw new CorruptionError({ file: archive, offset: 0 }, `${SNAPSHOT_MANIFEST_PATH} is ${entry.size} bytes, more than any valid one`);
+      if (entry.size > ARCHIVE_MANIFEST_BYTES_MAX) throw new DamagedBackupError(archive, `${SNAPSHOT_MANIFEST_PATH} is ${entry.size} bytes, more than any valid one`);
       const chunks: Buffer[] = [];
       return { write: (c) => void chunks.push(Buffer.from(c)), end: () => void (manifestBytes = Buffer.concat(chunks)) };
     }
@@ -223,21 +224,21 @@ async function fetchArchive(o: RestoreOptions, staging: string): Promise<Staged>
   });
   o.progress.finish();
   if (manifestBytes === undefined) {
-    throw new CorruptionError({ file: archive, offset: 0 }, `the archive has no ${SNAPSHOT_MANIFEST_PATH}: it is not a VerityDB snapshot, or it was cut short`);
+    throw new DamagedBackupError(archive, `the archive has no ${SNAPSHOT_MANIFEST_PATH}: it is not a VerityDB snapshot, or it was cut short`);
   }
   const manifest = decodeSnapshotManifest(manifestBytes, `${archive}:${SNAPSHOT_MANIFEST_PATH}`);
   const expected = [...manifest.segments.map((s) => ({ path: s.key, bytes: s.bytes, sha256: s.sha256 })), ...manifest.databases];
   for (const e of expected) {
     const got = files.get(e.path);
     const name = `${archive}:${e.path}`;
-    if (got === undefined) throw new CorruptionError({ file: name, offset: 0 }, "the manifest lists this file but the archive does not hold it");
+    if (got === undefined) throw new DamagedBackupError(name, "the manifest lists this file but the archive does not hold it");
     if (got.bytes !== e.bytes || got.sha256 !== e.sha256) {
-      throw new CorruptionError({ file: name, offset: 0 }, `the file does not match the manifest (${got.bytes} bytes with SHA-256 ${got.sha256}; the manifest says ${e.bytes} bytes, ${e.sha256})`);
+      throw new DamagedBackupError(name, `the file does not match the manifest (${got.bytes} bytes with SHA-256 ${got.sha256}; the manifest says ${e.bytes} bytes, ${e.sha256})`);
     }
     files.delete(e.path);
   }
   const extra = [...files.keys()];
-  if (extra.length > 0) throw new CorruptionError({ file: `${archive}:${extra[0]}`, offset: 0 }, "the archive holds this file but the manifest does not list it");
+  if (extra.length > 0) throw new DamagedBackupError(`${archive}:${extra[0]}`, "the archive holds this file but the manifest does not list it");
   return {
     identity: manifest,
     segments: manifest.segments.map((s) => ({ ...s, staged: s.key })),
@@ -263,7 +264,7 @@ async function fetchStream(o: RestoreOptions, store: ObjectStore, staging: strin
     const name = `${store.location}${s.key}`;
     const staged = `log/${sealedSegmentName(s.sequence)}`;
     const body = await store.get(s.key);
-    if (body === undefined) throw new CorruptionError({ file: name, offset: 0, index: s.firstIndex }, "the object is missing from the bucket (the manifest lists it)");
+    if (body === undefined) throw new DamagedBackupError(name, "the object is missing from the bucket (the manifest lists it)", { index: s.firstIndex });
     const sink = new HashingFile(join(staging, staged), (n) => o.progress.add(n));
     try {
       for await (const chunk of body) await sink.write(chunk as Buffer);
@@ -274,9 +275,10 @@ async function fetchStream(o: RestoreOptions, store: ObjectStore, staging: strin
     }
     const sha256 = sink.hash.digest("hex");
     if (sink.bytes !== s.bytes || sha256 !== s.sha256) {
-      throw new CorruptionError(
-        { file: name, offset: 0, index: s.firstIndex },
+      throw new DamagedBackupError(
+        name,
         `the object does not match the manifest (${sink.bytes} bytes with SHA-256 ${sha256}; the manifest says ${s.bytes} bytes, ${s.sha256})`,
+        { index: s.firstIndex },
       );
     }
     segments.push({ ...s, staged });

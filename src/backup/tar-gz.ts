@@ -13,6 +13,7 @@ import { createGunzip, createGzip, type Gzip } from "node:zlib";
 import { Header } from "tar";
 import { CorruptionError, InvalidArgumentError, QuotaExceededError, invariant } from "../errors.js";
 import { ARCHIVE_ENTRIES_MAX, COPY_CHUNK_BYTES } from "./backup-limits.js";
+import { DamagedBackupError } from "./manifest.js";
 
 const BLOCK = 512;
 /** Output chunk of the gunzip stream while reading an archive. */
@@ -21,6 +22,22 @@ const GUNZIP_CHUNK_BYTES = 256 * 1024;
 export const SNAPSHOT_GZIP_LEVEL = 1;
 /** The largest size ustar's 11 octal digits hold; larger files use the base-256 extension GNU tar reads. */
 const USTAR_SIZE_MAX = 8 ** 11 - 1;
+
+/** Resolves once `stream` drains; rejects if it fails first. Leaves no listener behind. */
+export function drained(stream: NodeJS.EventEmitter): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onDrain = (): void => {
+      stream.removeListener("error", onError);
+      resolve();
+    };
+    const onError = (e: Error): void => {
+      stream.removeListener("drain", onDrain);
+      reject(e);
+    };
+    stream.once("drain", onDrain);
+    stream.once("error", onError);
+  });
+}
 
 function headerBlock(path: string, size: number, mtime: Date): Buffer {
   const h = new Header({ path, mode: 0o600, uid: 0, gid: 0, size, mtime, type: "File", uname: "", gname: "" });
@@ -44,13 +61,16 @@ export class TarGzWriter {
     const fail = (e: Error): void => {
       this.failure ??= e;
     };
-    this.file.on("error", fail);
+    this.file.on("error", (e) => {
+      fail(e);
+      this.gzip.destroy(e); // so that a write waiting for "drain" ends
+    });
     this.gzip.on("error", fail);
   }
 
   private async push(chunk: Buffer): Promise<void> {
     if (this.failure !== undefined) throw this.failure;
-    if (!this.gzip.write(chunk)) await Promise.race([once(this.gzip, "drain"), once(this.file, "error")]);
+    if (!this.gzip.write(chunk)) await drained(this.gzip);
     if (this.failure !== undefined) throw this.failure;
   }
 
@@ -149,8 +169,8 @@ export async function readTarGz(
   let entries = 0;
   let ended = false;
   let offset = 0;
-  const broken = (detail: string): CorruptionError =>
-    new CorruptionError({ file: archive, offset }, state === undefined ? detail : `${detail}, inside entry "${state.entry.path}"`);
+  const broken = (detail: string): DamagedBackupError =>
+    new DamagedBackupError(archive, state === undefined ? detail : `${detail}, inside entry "${state.entry.path}"`, { offset });
   try {
     // Bounded by the archive's length: every pass consumes the chunk it read.
     for await (const chunk of gunzip) {
