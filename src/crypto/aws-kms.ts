@@ -148,6 +148,17 @@ export interface AwsKmsProviderOptions {
   readonly requestTimeoutMs?: number;
 }
 
+/** DescribeKey's KeyState values that forbid use, in words. */
+const KEY_STATE_TEXT: Readonly<Record<string, string>> = {
+  Disabled: "the key is disabled",
+  PendingDeletion: "the key is pending deletion",
+  PendingImport: "the key's material has not been imported",
+  Unavailable: "the key's custom key store is disconnected",
+  Creating: "the key is still being created",
+  Updating: "the key is being updated",
+  PendingReplicaDeletion: "the replica key is pending deletion",
+};
+
 /** KMS errors by exception name (the SDK sets `name` from the response's __type). */
 const PERMISSION_ERRORS: Readonly<Record<string, string>> = {
   DisabledException: "the key is disabled",
@@ -256,7 +267,7 @@ export class AwsKmsKeyProvider implements KeyProvider {
     const meta = out.KeyMetadata;
     if (meta === undefined) throw kmsKeyNotFound(this.kind, "describe", this.keyId, this.where);
     if (meta.KeyState !== undefined && meta.KeyState !== "Enabled") {
-      throw kmsPermissionDenied(this.kind, "describe", this.keyId, `the key is ${meta.KeyState}`);
+      throw kmsPermissionDenied(this.kind, "describe", this.keyId, KEY_STATE_TEXT[meta.KeyState] ?? `the key is in state ${meta.KeyState}`);
     }
     if ((meta.KeyUsage !== undefined && meta.KeyUsage !== "ENCRYPT_DECRYPT") || (meta.KeySpec !== undefined && meta.KeySpec !== "SYMMETRIC_DEFAULT")) {
       throw new KmsError(ErrorCode.FAILED_PRECONDITION, this.kind, "describe",

@@ -24,8 +24,11 @@ class ReEncryptCommand extends Command { readonly operation = "ReEncrypt"; }
 class DescribeKeyCommand extends Command { readonly operation = "DescribeKey"; }
 
 function toWire(input: object): string {
-  return JSON.stringify(input, (key, value: unknown) =>
-    BLOB_FIELDS.has(key) && value instanceof Uint8Array ? Buffer.from(value).toString("base64") : value);
+  // The holder's own value: JSON.stringify has already turned a Buffer into {type, data} via toJSON.
+  return JSON.stringify(input, function (this: Record<string, unknown>, key, value: unknown) {
+    const raw = this[key];
+    return BLOB_FIELDS.has(key) && raw instanceof Uint8Array ? Buffer.from(raw).toString("base64") : value;
+  });
 }
 
 function fromWire(text: string): unknown {
