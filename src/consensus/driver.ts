@@ -10,7 +10,9 @@
  * 2. The entries of a Ready and its hard state (term, vote) are durable BEFORE any message of that
  *    Ready is handed to the transport. So a vote is never granted, and an append is never
  *    acknowledged, before the promise it makes survives a crash. A changed term or vote is made
- *    durable before the entries, so the saved term is never below the log's last term.
+ *    durable before the entries, so the saved term is never below the log's last term. The one
+ *    exception: a leader's APPEND and HEARTBEAT messages of an already durable term may leave
+ *    first (they promise nothing about the leader's own log; etcd-io/raft allows the same).
  * 3. Committed entries are applied after rule 2 (they may include the entries just persisted), in
  *    index order, one Ready at a time.
  * 4. `advance` is called only after all of the above; the next Ready is taken only after that.
@@ -196,6 +198,20 @@ export class RaftDriver {
     if (ready.softState !== undefined) observer?.onSoftState?.(ready.softState);
     const clock = this.ports.clock;
     const persistStarted = clock?.now();
+    // Rule 2, the leader's exception (etcd-io/raft: "messages may be sent while entries from the
+    // same batch are being persisted"): a leader's AppendEntries and heartbeats of a term that is
+    // already durable may leave before its own copy of the entries is written, so the disk write
+    // and the replication overlap. They promise nothing about this node's log: the core counts
+    // its own entries towards a commit only once they are durable. Everything else (answers,
+    // votes, messages of a term not yet durable) still waits.
+    let messages = ready.messages;
+    if (messages.length > 0 && ready.truncateFrom === undefined) {
+      const early = messages.filter((m) => (m.type === "APPEND" || m.type === "HEARTBEAT") && m.term === this.savedTerm);
+      if (early.length > 0) {
+        transport.send(early);
+        messages = messages.filter((m) => !early.includes(m));
+      }
+    }
     // Rule 1: cut before appending what replaces the cut entries.
     if (ready.truncateFrom !== undefined) await log.truncateSuffix(ready.truncateFrom, this.commitIndex);
     // Rule 2: term/vote and entries durable before any message leaves. A new term or vote is
@@ -214,7 +230,7 @@ export class RaftDriver {
       observer?.onHardState?.(hs);
     }
     if (persistStarted !== undefined && (ready.entries.length > 0 || hs !== undefined)) observer?.onPhase?.("persist", clock!.now() - persistStarted);
-    if (ready.messages.length > 0) transport.send(ready.messages);
+    if (messages.length > 0) transport.send(messages);
     // Rule 3: apply after persistence, in order.
     if (ready.committedEntries.length > 0) {
       const applyStarted = clock?.now();
