@@ -19,14 +19,16 @@
  *
  * The associated data binds each record to where it belongs and to its cleartext frame fields:
  *   "VRTYREC1" | cluster id (16) | segment sequence (u32) | index (u64) | term (u64) | kind (u8)
- * so a record copied to another index, segment or cluster, or with its term or kind edited (the
- * frame's CRC32C is not a MAC), fails authentication. A failure is a CorruptionError naming the file,
+ *   | tenant id length (u8) | tenant id (0..64 bytes, when the frame keeps it in the clear)
+ * so a record copied to another index, segment or cluster, or with its term, kind or tenant edited
+ * (the frame's CRC32C is not a MAC), fails authentication. A failure is a CorruptionError naming the file,
  * the byte offset and the index: never garbage.
  */
 
 import type { KeyObject } from "node:crypto";
 import { createCipheriv, createDecipheriv, createSecretKey, randomFillSync } from "node:crypto";
 import { CorruptionError, InvalidArgumentError, invariant } from "../errors.js";
+import { TENANT_ID_BYTES_MAX } from "../limits.js";
 import {
   DATA_KEY_BYTES,
   GCM_NONCE_BYTES,
@@ -39,9 +41,11 @@ import {
 const ALGORITHM = "aes-256-gcm";
 const AAD_MAGIC = Buffer.from("VRTYREC1", "latin1");
 const CLUSTER_ID_BYTES = 16;
-/** AAD: magic (8), cluster id (16), segment sequence (4), index (8), term (8), kind (1). */
-const AAD_BYTES = AAD_MAGIC.length + CLUSTER_ID_BYTES + 4 + 8 + 8 + 1;
+/** AAD: magic (8), cluster id (16), segment sequence (4), index (8), term (8), kind (1), tenant length (1), tenant. */
 const AAD_RECORD_OFFSET = AAD_MAGIC.length + CLUSTER_ID_BYTES + 4;
+const AAD_TENANT_OFFSET = AAD_RECORD_OFFSET + 8 + 8 + 1 + 1;
+const AAD_BYTES_MAX = AAD_TENANT_OFFSET + TENANT_ID_BYTES_MAX;
+const NO_TENANT = new Uint8Array(0);
 const TWO_32 = 2 ** 32;
 
 /** The cleartext frame fields of a record, authenticated with its sealed body. */
@@ -52,6 +56,11 @@ export interface RecordIdentity {
   readonly term: number;
   /** The record's kind (1..255). */
   readonly kind: number;
+  /**
+   * The tenant id as the frame stores it in the clear (UTF-8, at most TENANT_ID_BYTES_MAX), so the
+   * log can filter by tenant without decrypting; empty or absent when it is inside the ciphertext.
+   */
+  readonly tenant?: Uint8Array;
 }
 
 /** Where a sealed record was read from, for the CorruptionError. */
@@ -90,7 +99,7 @@ function writeU64(target: Buffer, value: number, offset: number): void {
 export class SegmentRecordCipher {
   readonly segmentSequence: number;
   private readonly key: KeyObject;
-  private readonly aad = Buffer.alloc(AAD_BYTES);
+  private readonly aadBuffer = Buffer.alloc(AAD_BYTES_MAX);
   private readonly randomFill: (buffer: Buffer) => void;
   private readonly noncePool = Buffer.alloc(NONCE_POOL_BYTES);
   /** Invariant: 0 <= noncePoolOffset <= NONCE_POOL_BYTES; bytes before it are used. */
@@ -107,9 +116,9 @@ export class SegmentRecordCipher {
     this.key = createSecretKey(Buffer.from(options.dataKey));
     this.segmentSequence = options.segmentSequence;
     this.randomFill = options.randomFill ?? ((b) => randomFillSync(b));
-    AAD_MAGIC.copy(this.aad, 0);
-    this.aad.set(options.clusterId, AAD_MAGIC.length);
-    this.aad.writeUInt32LE(options.segmentSequence, AAD_MAGIC.length + CLUSTER_ID_BYTES);
+    AAD_MAGIC.copy(this.aadBuffer, 0);
+    this.aadBuffer.set(options.clusterId, AAD_MAGIC.length);
+    this.aadBuffer.writeUInt32LE(options.segmentSequence, AAD_MAGIC.length + CLUSTER_ID_BYTES);
   }
 
   /** Seals one record body (given as one buffer or as parts, e.g. tenant length, tenant, payload). */
@@ -130,11 +139,11 @@ export class SegmentRecordCipher {
   sealInto(identity: RecordIdentity, parts: readonly Uint8Array[], target: Buffer, offset: number): number {
     invariant(this.sealsCount < RECORD_SEALS_PER_KEY_MAX, "a data key sealed RECORD_SEALS_PER_KEY_MAX records: start a new segment");
     this.sealsCount++;
-    this.setRecordAad(identity);
+    const aad = this.recordAad(identity);
     const nonce = this.nextNonce();
     nonce.copy(target, offset);
     const cipher = createCipheriv(ALGORITHM, this.key, nonce, { authTagLength: GCM_TAG_BYTES });
-    cipher.setAAD(this.aad);
+    cipher.setAAD(aad);
     let at = offset + GCM_NONCE_BYTES;
     for (const part of parts) {
       const encrypted = cipher.update(part);
@@ -154,10 +163,10 @@ export class SegmentRecordCipher {
       throw new CorruptionError({ ...at, index: identity.index },
         `the encrypted record body is ${sealed.length} bytes, shorter than its nonce and tag (${RECORD_SEAL_OVERHEAD_BYTES} bytes)`);
     }
-    this.setRecordAad(identity);
+    const aad = this.recordAad(identity);
     const tagStart = sealed.length - GCM_TAG_BYTES;
     const decipher = createDecipheriv(ALGORITHM, this.key, sealed.subarray(0, GCM_NONCE_BYTES), { authTagLength: GCM_TAG_BYTES });
-    decipher.setAAD(this.aad);
+    decipher.setAAD(aad);
     decipher.setAuthTag(sealed.subarray(tagStart));
     const plaintext = decipher.update(sealed.subarray(GCM_NONCE_BYTES, tagStart));
     try {
@@ -177,14 +186,20 @@ export class SegmentRecordCipher {
     return this.sealsCount;
   }
 
-  private setRecordAad(identity: RecordIdentity): void {
+  /** The record's AAD, in this object's buffer (valid until the next call: callers are synchronous). */
+  private recordAad(identity: RecordIdentity): Buffer {
     const { index, term, kind } = identity;
-    if (!Number.isSafeInteger(index) || index < 1 || !Number.isSafeInteger(term) || term < 0 || !Number.isInteger(kind) || kind < 1 || kind > 255) {
-      throw new InvalidArgumentError(`record identity out of range: index ${index}, term ${term}, kind ${kind}`);
+    const tenant = identity.tenant ?? NO_TENANT;
+    if (!Number.isSafeInteger(index) || index < 1 || !Number.isSafeInteger(term) || term < 0 || !Number.isInteger(kind) ||
+        kind < 1 || kind > 255 || tenant.length > TENANT_ID_BYTES_MAX) {
+      throw new InvalidArgumentError(`record identity out of range: index ${index}, term ${term}, kind ${kind}, tenant id ${tenant.length} bytes`);
     }
-    writeU64(this.aad, index, AAD_RECORD_OFFSET);
-    writeU64(this.aad, term, AAD_RECORD_OFFSET + 8);
-    this.aad[AAD_RECORD_OFFSET + 16] = kind;
+    writeU64(this.aadBuffer, index, AAD_RECORD_OFFSET);
+    writeU64(this.aadBuffer, term, AAD_RECORD_OFFSET + 8);
+    this.aadBuffer[AAD_RECORD_OFFSET + 16] = kind;
+    this.aadBuffer[AAD_RECORD_OFFSET + 17] = tenant.length;
+    this.aadBuffer.set(tenant, AAD_TENANT_OFFSET);
+    return this.aadBuffer.subarray(0, AAD_TENANT_OFFSET + tenant.length);
   }
 
   /** 12 fresh random bytes; the pool is refilled from the CSPRNG every 1024 records. */
