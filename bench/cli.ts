@@ -1,6 +1,7 @@
 /**
  * `npm run bench -- [log] [--data-dir D] [--seconds S]` and
- * `npm run bench -- cluster [--seconds S] [--clients N] [--skip-etcd]`: the benchmarks and their report.
+ * `npm run bench -- cluster [--seconds S] [--clients N] [--skip-etcd]` and
+ * `npm run bench -- projections [--events N]`: the benchmarks and their report.
  */
 
 import { join, resolve } from "node:path";
@@ -8,6 +9,7 @@ import { hideBin } from "yargs/helpers";
 import yargs from "yargs";
 import { logBench } from "./log-bench.js";
 import { clusterBench } from "./cluster-bench.js";
+import { projectionsBench } from "./projections-bench.js";
 
 const root = join(import.meta.dirname, "..", "..");
 
@@ -52,6 +54,28 @@ await yargs(hideBin(process.argv))
       } catch (e) {
         // A failed run is not a usage error: the reason, without the option list.
         process.stderr.write(`cluster benchmark failed: ${e instanceof Error ? e.message : String(e)}\n`);
+        process.exitCode = 1;
+      }
+    },
+  )
+  .command(
+    "projections",
+    "Projection apply throughput (2 handlers, 3-node cluster) versus direct SQLite, and query latency during appends",
+    (y) =>
+      y.options({
+        events: { type: "number", default: 100_000, describe: "Events to load and project (the aggregate runs over this many rows)" },
+        queries: { type: "number", default: 1000, describe: "Point lookups (each run linearizable and local)" },
+        aggregates: { type: "number", default: 50, describe: "Aggregate queries over every row" },
+        writers: { type: "number", default: 8, describe: "Concurrent writers of 100-event batches while loading" },
+      }).check((a) => {
+        if (!(Number.isInteger(a.events) && a.events >= 1000 && a.events <= 10_000_000)) throw new Error(`--events ${a.events}: give 1000 to 10000000`);
+        return true;
+      }),
+    async (a) => {
+      try {
+        await projectionsBench({ events: a.events, queries: a.queries, aggregates: a.aggregates, writers: a.writers, resultsDir: join(root, "bench", "results") });
+      } catch (e) {
+        process.stderr.write(`projections benchmark failed: ${e instanceof Error ? e.message : String(e)}\n`);
         process.exitCode = 1;
       }
     },

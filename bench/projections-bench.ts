@@ -26,7 +26,7 @@ const root = join(import.meta.dirname, "..", "..");
 /** Bounds of the run. */
 const START_WAIT_MS = 30_000;
 const APPLY_WAIT_MS = 600_000;
-const POLL_MS = 100;
+const POLL_MS = 250;
 
 export interface ProjectionsBenchOptions {
   events: number;

@@ -435,6 +435,15 @@ export class TenantProjections {
     return h.digest("hex");
   }
 
+  private digestCache: { key: string; digest: string } | undefined;
+
+  /** `digest()`, computed again only when the applied position or a projection's state moved. */
+  cachedDigest(): string {
+    const key = JSON.stringify([this.applied, [...this.projections.values()].map((p) => [p.name, p.state, p.position, p.errorPosition])]);
+    if (this.digestCache?.key !== key) this.digestCache = { key, digest: this.digest() };
+    return this.digestCache.digest;
+  }
+
   close(): void {
     if (this.db.open) this.db.close();
   }

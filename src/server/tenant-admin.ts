@@ -142,6 +142,7 @@ export class TenantAdmin {
     this.requireTenant(tenant);
     const t = this.deps.projector.tenant(tenant);
     const lastEvent = this.store.lastEventPosition(tenant);
-    return { tenant, projections: t.status(lastEvent), appliedPosition: t.appliedPosition, commitIndex, digest: t.digest() };
+    // The digest reads every row: computed once per state (cached), and not while a rebuild runs.
+    return { tenant, projections: t.status(lastEvent), appliedPosition: t.appliedPosition, commitIndex, digest: t.hasRebuilding ? "" : t.cachedDigest() };
   }
 }
