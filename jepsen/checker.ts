@@ -583,6 +583,13 @@ class Fold {
     this.sums = events.map((e) => (acc = { count: acc.count + 1, positionSum: acc.positionSum + e[0], versionSum: acc.versionSum + e[2] }));
   }
 
+  /** The fold of the first `count` events, with the last one's position; undefined past the end. */
+  prefix(count: number): { positionSum: number; versionSum: number; lastPosition: number } | undefined {
+    if (count === 0) return { positionSum: 0, versionSum: 0, lastPosition: 0 };
+    const s = this.sums[count - 1];
+    return s === undefined ? undefined : { positionSum: s.positionSum, versionSum: s.versionSum, lastPosition: this.positions[count - 1]! };
+  }
+
   upTo(position: number): { count: number; positionSum: number; versionSum: number } {
     const i = lastBefore(this.positions, position + 1);
     return i < 0 ? { count: 0, positionSum: 0, versionSum: 0 } : this.sums[i]!;
@@ -614,10 +621,19 @@ function checkProjections(c: Context, a: Anomalies): void {
     }
   };
   const foldCheck = (tenant: string, q: QueryResult, source: string): void => {
-    const want = foldOf(tenant).upTo(q.appliedPosition);
+    const fold = foldOf(tenant);
     if (q.foreign !== 0) a.add("projection_mismatch", { kind: "rows of another tenant", tenant, rows: q.foreign, source, explanation: `${source}: ${tenant}'s projection holds ${q.foreign} rows of another tenant` });
-    if (want.count !== q.count || want.positionSum !== q.positionSum || want.versionSum !== q.versionSum) {
-      a.add("projection_mismatch", { kind: "rows differ from the folded log", tenant, appliedPosition: q.appliedPosition, got: { count: q.count, positionSum: q.positionSum, versionSum: q.versionSum }, want, source, explanation: `${source}: ${tenant}'s projection at position ${q.appliedPosition} has ${q.count} rows (position sum ${q.positionSum}), the final log folded to that position gives ${want.count} (${want.positionSum})` });
+    // The rows must be the final log's first `count` events of the tenant, exactly (nothing lost, doubled or foreign)...
+    const prefix = fold.prefix(q.count);
+    if (prefix === undefined || prefix.positionSum !== q.positionSum || prefix.versionSum !== q.versionSum) {
+      const want = fold.upTo(q.appliedPosition);
+      a.add("projection_mismatch", { kind: "rows differ from the folded log", tenant, appliedPosition: q.appliedPosition, got: { count: q.count, positionSum: q.positionSum, versionSum: q.versionSum }, want, source, explanation: `${source}: ${tenant}'s projection has ${q.count} rows (position sum ${q.positionSum}, version sum ${q.versionSum}), which are not the first ${q.count} events of the final log; at its applied position ${q.appliedPosition} the log folds to ${want.count} rows (${want.positionSum}, ${want.versionSum})` });
+      return;
+    }
+    // ... and the position the answer reports must be the position those rows stand for.
+    const want = fold.upTo(q.appliedPosition);
+    if (want.count !== q.count) {
+      a.add("projection_mismatch", { kind: "query rows do not match the position it reports", tenant, appliedPosition: q.appliedPosition, rows: q.count, rowsAtPosition: want.count, lastRowPosition: prefix.lastPosition, source, explanation: `${source}: the answer says ${tenant}'s projections were at position ${q.appliedPosition} (${want.count} events), but its rows are the first ${q.count} events, up to position ${prefix.lastPosition}` });
     }
   };
   const progress = c.ops.filter((o) => o.type === "ok" && (o.f === "digest" || o.f === "query"));

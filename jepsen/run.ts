@@ -7,7 +7,7 @@
 
 import { crc32c } from "@node-rs/crc32";
 import * as grpc from "@grpc/grpc-js";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { NodeFileSystem } from "../src/log/node-fs.js";
@@ -59,13 +59,19 @@ const AFTER_HEAL_MS = 5_000;
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-async function retrying<T>(what: string, body: () => Promise<T>): Promise<T> {
+/**
+ * Runs a setup command until it succeeds (bounded). A retry that finds the thing already there
+ * succeeded: an earlier try whose answer was lost had done it.
+ */
+async function retrying(what: string, body: () => Promise<unknown>): Promise<void> {
   // Bounded: SETUP_ATTEMPTS_MAX tries.
   for (let attempt = 1; ; attempt++) {
     try {
-      return await body();
+      await body();
+      return;
     } catch (e) {
       const code = (e as { code?: number }).code;
+      if (attempt > 1 && /exists already|already exists/.test(e instanceof Error ? e.message : "")) return;
       if (attempt >= SETUP_ATTEMPTS_MAX || (code !== grpc.status.UNAVAILABLE && code !== grpc.status.DEADLINE_EXCEEDED)) {
         throw new Error(`${what}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
       }
@@ -201,6 +207,7 @@ async function readLog(n: JepsenNode): Promise<Array<[number, number]>> {
 export async function runJepsen(o: RunOptions): Promise<{ summary: RunSummary; result: CheckResult }> {
   const log = o.log ?? ((l: string) => process.stderr.write(`jepsen: ${l}\n`));
   const dir = o.out ?? join(tmpdir(), "verity-jepsen", `${new Date().toISOString().replace(/[:.]/g, "-")}-seed${o.seed}`);
+  if (existsSync(dir) && readdirSync(dir).length > 0) throw new Error(`the results folder ${dir} is not empty: give a new one with --out`);
   mkdirSync(dir, { recursive: true });
   const rng = new Rng(o.seed);
   const network = await chooseNetwork(o.network, o.nemeses.includes("partition"));
