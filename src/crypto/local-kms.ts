@@ -331,7 +331,7 @@ export class LocalKeyProvider implements KeyProvider {
   async generateDataKey(context: EncryptionContext): Promise<GeneratedDataKey> {
     this.checkOpen("generate-data-key");
     const plaintext = randomBytes(DATA_KEY_BYTES);
-    const wrapped = this.wrap(plaintext, context, this.file.currentVersion);
+    const wrapped = this.wrap(plaintext, context, this.file.currentVersion, "generate-data-key");
     return { plaintext, ...wrapped };
   }
 
@@ -364,7 +364,7 @@ export class LocalKeyProvider implements KeyProvider {
       if (version === this.file.currentVersion) {
         return { wrapped: Buffer.from(wrapped), keyId: this.file.keyId, keyVersion: String(version) };
       }
-      return this.wrap(plaintext, context, this.file.currentVersion);
+      return this.wrap(plaintext, context, this.file.currentVersion, "rewrap");
     } finally {
       plaintext.fill(0);
     }
@@ -382,7 +382,7 @@ export class LocalKeyProvider implements KeyProvider {
     for (const v of this.file.versions.values()) v.key.fill(0);
   }
 
-  private wrap(plaintext: Buffer, context: EncryptionContext, versionNumber: number): WrappedDataKey {
+  private wrap(plaintext: Buffer, context: EncryptionContext, versionNumber: number, operation: "generate-data-key" | "rewrap"): WrappedDataKey {
     const version = this.file.versions.get(versionNumber)!;
     const header = Buffer.alloc(WRAP_HEADER_BYTES);
     header[0] = WRAP_FORMAT;
@@ -397,7 +397,7 @@ export class LocalKeyProvider implements KeyProvider {
       keyId: this.file.keyId,
       keyVersion: String(versionNumber),
     };
-    checkWrappedKey("local", "generate-data-key", result);
+    checkWrappedKey("local", operation, result);
     return result;
   }
 

@@ -14,6 +14,7 @@ import {
   readLocalKeyFile,
   rotateLocalKeyFile,
 } from "../../src/crypto/local-kms.js";
+import { openKeyProvider } from "../../src/crypto/open-key-provider.js";
 import { SegmentRecordCipher } from "../../src/crypto/record-cipher.js";
 
 const CONTEXT: EncryptionContext = { clusterId: "6f1c2a9e-4b7d-4c1e-9a53-0e2f5d8b7c61", fileIdentity: segmentFileIdentity(5) };
@@ -215,5 +216,21 @@ describe("LocalKeyProvider", () => {
     const kms = await LocalKeyProvider.open(keyFile);
     await kms.close();
     await expect(kms.generateDataKey(CONTEXT)).rejects.toThrow(/closed/);
+  });
+});
+
+describe("openKeyProvider with kms_provider = \"local\"", () => {
+  it("opens the key file, checks it and caches unwrapped keys; a key file others can read stops the start at once", async () => {
+    await initLocalKeyFile(keyFile);
+    const { provider, description } = await openKeyProvider({ provider: "local", keyId: keyFile });
+    expect(description).toMatchObject({ provider: "local", keyVersion: "1", where: keyFile });
+    const key = await provider.generateDataKey(CONTEXT);
+    expect((await provider.unwrap(key.wrapped, CONTEXT)).equals(key.plaintext)).toBe(true);
+    expect(provider.cache.hits).toBe(1);
+    await provider.close();
+    await chmod(keyFile, 0o644);
+    let attempts = 0;
+    await expect(openKeyProvider({ provider: "local", keyId: keyFile }, { retry: { onRetry: () => attempts++ } })).rejects.toThrow(/chmod 600/);
+    expect(attempts).toBe(0); // not retryable: retrying cannot fix a file mode
   });
 });
