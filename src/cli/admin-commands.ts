@@ -10,7 +10,7 @@ import type { Argv } from "yargs";
 import { AdminApi } from "../client/admin-client.js";
 import { parseDuration } from "../server/setting-values.js";
 import { ping } from "../client/ping.js";
-import { ExitCode } from "./common.js";
+import { ExitCode, paint } from "./common.js";
 import {
   api, connectionOptions, endpointsOf, fetchMetricsText, jsonOption, metricsEndpointOption, parseMetrics, splitList, tlsOf,
   type Connection,
@@ -39,14 +39,19 @@ function ago(ms: number): string {
 export type Peer = { id: number; address: string; state: string; voter: boolean; matchIndex: number; lastSeenMs: number };
 export type Self = { nodeId: number; state: string; view: number; commitIndex: number; appliedIndex: number; leaderId: number; clusterAddress: string; clientAddress: string };
 
+/** A role padded for the table; the leader stands out on a terminal. */
+function roleCell(state: string): string {
+  return state === "leader" ? paint(state.padEnd(10), "green") : state.padEnd(10);
+}
+
 function printCluster(self: Self, peers: Peer[]): void {
   const out = [
     `cluster: leader ${self.leaderId === 0 ? "unknown" : `node ${self.leaderId}`}, view ${self.view}; answered by node ${self.nodeId} ` +
       `(commit ${self.commitIndex}, applied ${self.appliedIndex})`,
     `  ${"id".padEnd(4)} ${"role".padEnd(10)} ${"voter".padEnd(6)} ${"address".padEnd(22)} ${"match".padEnd(8)} last seen`,
-    `  ${String(self.nodeId).padEnd(4)} ${self.state.padEnd(10)} ${"yes".padEnd(6)} ${self.clusterAddress.padEnd(22)} ${"-".padEnd(8)} (answering)`,
+    `  ${String(self.nodeId).padEnd(4)} ${roleCell(self.state)} ${"yes".padEnd(6)} ${self.clusterAddress.padEnd(22)} ${"-".padEnd(8)} (answering)`,
     ...peers.map((p) =>
-      `  ${String(p.id).padEnd(4)} ${p.state.padEnd(10)} ${(p.voter ? "yes" : "no").padEnd(6)} ${(p.address || "?").padEnd(22)} ` +
+      `  ${String(p.id).padEnd(4)} ${roleCell(p.state)} ${(p.voter ? "yes" : "no").padEnd(6)} ${(p.address || "?").padEnd(22)} ` +
         `${(self.state === "leader" ? String(p.matchIndex) : "-").padEnd(8)} ${ago(p.lastSeenMs)}`),
   ];
   process.stdout.write(out.join("\n") + "\n");

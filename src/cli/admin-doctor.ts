@@ -31,7 +31,7 @@ import { UsageError, callMessage, printJson, runAdmin } from "./admin-output.js"
 import { checkCertificate } from "./cert-check.js";
 import { fail, pass, warn, type CheckResult, type CheckStatus } from "./check-result.js";
 import { judgeClocks, measureOffset } from "./clock-skew.js";
-import { ExitCode, formatBytes } from "./common.js";
+import { ExitCode, formatBytes, paint } from "./common.js";
 
 export type { CheckResult, CheckStatus } from "./check-result.js";
 
@@ -370,7 +370,8 @@ function printReport(results: CheckResult[]): void {
   const width = Math.max(...results.map((r) => r.name.length));
   const lines: string[] = [];
   for (const r of results) {
-    lines.push(`${r.status}  ${r.name.padEnd(width)}  ${r.found}`);
+    const status = r.status === "PASS" ? paint(r.status, "green") : r.status === "WARN" ? paint(r.status, "yellow") : paint(r.status, "red");
+    lines.push(`${status}  ${r.name.padEnd(width)}  ${r.found}`);
     for (const d of r.details ?? []) lines.push(`${" ".repeat(width + 8)}- ${d}`);
     if (r.fix !== undefined) lines.push(`${" ".repeat(width + 8)}fix: ${r.fix}`);
   }

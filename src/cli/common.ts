@@ -73,3 +73,14 @@ export function formatBytes(n: number): string {
   }
   return `${v.toFixed(1)} ${units[i]}`;
 }
+
+const ANSI = { red: 31, green: 32, yellow: 33, bold: 1 } as const;
+
+/**
+ * `text` in a colour when stdout is a terminal (and NO_COLOR is not set); plain otherwise, so
+ * pipes, files and scripts never see escape codes.
+ */
+export function paint(text: string, colour: keyof typeof ANSI): string {
+  if (process.stdout.isTTY !== true || (process.env.NO_COLOR ?? "") !== "") return text;
+  return `\u001b[${ANSI[colour]}m${text}\u001b[0m`;
+}
