@@ -4,7 +4,7 @@
  * environment for the CLIs run as child processes, a plaintext single-node verity-server, and a
  * record-by-record reader of a data directory's log.
  */
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -21,6 +21,8 @@ export const bin = (name: string): string => join(root, "bin", `${name}.js`);
 
 export const TEST_CREDENTIALS = { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" };
 export const BUCKET = "verity-backups";
+/** A CLI run by a test is killed after this long. */
+const CLI_TIMEOUT_MS = 120_000;
 
 /** For CLI child processes: the SDK's chain finds the keys in the environment and stops there. */
 export const CLI_ENV: NodeJS.ProcessEnv = {
@@ -68,10 +70,20 @@ export class TestS3 {
   }
 }
 
-/** Runs a CLI to completion. */
-export function runCli(name: string, args: string[], env: NodeJS.ProcessEnv = CLI_ENV): { code: number; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [bin(name), ...args], { encoding: "utf8", timeout: 120_000, env });
-  return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+/**
+ * Runs a CLI to completion. Never spawnSync: s3rver runs in the test process, and a blocked event
+ * loop would keep it from answering the CLI.
+ */
+export async function runCli(name: string, args: string[], env: NodeJS.ProcessEnv = CLI_ENV): Promise<{ code: number; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [bin(name), ...args], { stdio: ["ignore", "pipe", "pipe"], env });
+  let stdout = "";
+  let stderr = "";
+  child.stdout!.on("data", (d: Buffer) => (stdout += d.toString()));
+  child.stderr!.on("data", (d: Buffer) => (stderr += d.toString()));
+  const timer = setTimeout(() => child.kill("SIGKILL"), CLI_TIMEOUT_MS);
+  const { code } = await exitOf(child);
+  clearTimeout(timer);
+  return { code: code ?? -1, stdout, stderr };
 }
 
 /** A child process with its output collected. */
