@@ -19,7 +19,7 @@ import { join } from "node:path";
 import Database from "better-sqlite3";
 import { GetObjectCommand, PutObjectCommand } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { STREAM_MANIFEST_KEY, decodeStreamManifest, type StreamManifest } from "../../src/backup/manifest.js";
+import { STREAM_MANIFEST_KEY, decodeStreamManifest } from "../../src/backup/manifest.js";
 import { AdminApi } from "../../src/client/admin-client.js";
 import { VerityClient } from "../../src/client/verity-client.js";
 import { TestCa } from "../helpers/certs.js";
