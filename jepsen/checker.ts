@@ -667,12 +667,19 @@ function checkProjections(c: Context, a: Anomalies): void {
       if (p.query !== undefined) foldCheck(tenant, p.query, `node ${n.node}'s final query`);
     }
   }
+  // After settling every node's projections must cover every event of the tenant, with one digest.
   const tenants = new Set(finals.flatMap((n) => Object.keys(n.projections)));
   for (const tenant of tenants) {
+    const total = (c.finalTenants.get(tenant) ?? []).length;
     const ends = finals.map((n) => ({ node: n.node, d: n.projections[tenant]?.digest })).filter((x) => x.d !== undefined);
-    const distinct = new Set(ends.map((x) => `${x.d!.appliedPosition} ${x.d!.digest}`));
-    if (distinct.size > 1) {
-      a.add("projection_mismatch", { kind: "final digests differ", tenant, finals: ends.map((x) => ({ node: x.node, appliedPosition: x.d!.appliedPosition, digest: x.d!.digest })), explanation: `after settling, ${tenant}'s projections differ between nodes: ${ends.map((x) => `node ${x.node} at ${x.d!.appliedPosition}: ${x.d!.digest.slice(0, 12)}`).join(", ")}` });
+    const covered = ends.map((x) => ({ ...x, events: foldOf(tenant).upTo(x.d!.appliedPosition).count }));
+    const behind = covered.filter((x) => x.events !== total);
+    const distinct = new Set(covered.map((x) => x.d!.digest));
+    if (behind.length > 0 || distinct.size > 1) {
+      a.add("projection_mismatch", {
+        kind: "final digests differ", tenant, finals: covered.map((x) => ({ node: x.node, appliedPosition: x.d!.appliedPosition, events: x.events, digest: x.d!.digest })),
+        explanation: `after settling, ${tenant}'s projections (${total} events in the final log) are not the same on every node: ${covered.map((x) => `node ${x.node} at ${x.d!.appliedPosition} (${x.events} events): ${x.d!.digest.slice(0, 12)}`).join(", ")}`,
+      });
     }
   }
 }
@@ -704,6 +711,9 @@ function checkNodeExits(c: Context, a: Anomalies): void {
   const refusals = c.nodeLines.filter((l) => l.event === "refused-to-start");
   for (const l of refusals) {
     a.add("divergence", { kind: "node refused to start after a crash", node: l.node, time: l.time, detail: l.detail, explanation: `node ${l.node} would not start again after ${String(l.detail?.after)} (exit ${JSON.stringify(l.detail?.exit ?? null)}); a crash must leave a data directory the node recovers from. Its output is in nodes/node${l.node}.log` });
+  }
+  for (const l of c.nodeLines.filter((x) => x.event === "rejoin-stuck")) {
+    a.add("divergence", { kind: "wiped node never caught up", node: l.node, time: l.time, detail: l.detail, explanation: `node ${l.node}, restarted with an empty data directory and its old id (the Single Node Failure procedure), had not caught up after ${String(l.detail?.why)}; the harness replaced it. See nodes/node${l.node}.log` });
   }
   for (const l of c.nodeLines) {
     if (l.event !== "exit" || l.detail?.expected !== false) continue;

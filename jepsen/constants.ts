@@ -115,8 +115,10 @@ export const FAULTS_MAX = 100_000;
 
 /** After healing: how long the cluster may take to agree on one commit index, everything applied. */
 export const SETTLE_MS_MAX = 90_000;
-/** A wiped node rejoining must catch up within this long. */
+/** A new member must catch up within this long. */
 export const CATCH_UP_MS_MAX = 120_000;
+/** A node restarted empty (Single Node Failure) must catch up within this long, or it is replaced. */
+export const REJOIN_CATCH_UP_MS_MAX = 30_000;
 
 // ---- Results ----
 

@@ -27,7 +27,7 @@ import * as grpc from "@grpc/grpc-js";
 import {
   CATCH_UP_MS_MAX, DOWN_MS_MAX, DOWN_MS_MIN, EXTRA_VOTERS_MAX, FAULT_HOLD_MS_MAX, FAULT_HOLD_MS_MIN, FAULTS_MAX, MEMBERSHIP_STEP_MS_MAX,
   NEMESIS_QUIET_MS_MAX, NEMESIS_QUIET_MS_MIN, NODE_IDS_MAX, NODE_UP_WAIT_MS, OVERLAY_PROBABILITY, PAUSE_MS_MAX, PAUSE_MS_MIN, POLL_MS,
-  POWER_LOSS_ALL_PROBABILITY, START_REFUSAL_WAIT_MS,
+  POWER_LOSS_ALL_PROBABILITY, REJOIN_CATCH_UP_MS_MAX, START_REFUSAL_WAIT_MS,
 } from "./constants.js";
 import type { JepsenCluster, JepsenNode } from "./cluster.js";
 import { damageSegments } from "./corrupt.js";
@@ -298,17 +298,40 @@ export class Nemesis {
    * Starts a stopped node again and watches it for START_REFUSAL_WAIT_MS. One that exits has
    * refused to start: recorded, then repaired by starting it empty (Single Node Failure).
    */
-  private async restart(n: JepsenNode, after: string): Promise<{ refusedToStart: boolean; output?: string; repaired?: boolean }> {
+  private async restart(n: JepsenNode, after: string): Promise<Record<string, unknown>> {
     this.cluster.start(n);
     const up = await this.watchStart(n);
     if (up) return { refusedToStart: false };
     const output = n.output.slice(-2000);
     this.history.node(n.id, "refused-to-start", { after, exit: n.lastExit, output });
-    this.cluster.wipe(n, `refused to start after ${after}`);
+    return { refusedToStart: true, output, ...(await this.repairByWipe(n, `refused to start after ${after}`)) };
+  }
+
+  /**
+   * The guide's Single Node Failure procedure: the data directory moved aside, the node started
+   * empty with the same id; it must rejoin and catch up. If it does not within
+   * REJOIN_CATCH_UP_MS_MAX, that is recorded (the checker reports it) and the node is replaced
+   * the way etcd documents: removed, and a new member with a new id added, so the run goes on.
+   */
+  private async repairByWipe(n: JepsenNode, why: string): Promise<Record<string, unknown>> {
+    this.cluster.wipe(n, why);
     this.cluster.start(n);
     this.recovering.add(n.id);
-    await this.awaitCaughtUp(n);
-    return { refusedToStart: true, output, repaired: true };
+    if (await this.awaitCaughtUp(n, REJOIN_CATCH_UP_MS_MAX)) return { repaired: "rejoined empty and caught up" };
+    const s = await this.cluster.status(n);
+    this.history.node(n.id, "rejoin-stuck", { why, status: s ?? null, output: n.output.slice(-1500) });
+    return { repaired: "replaced", ...(await this.replace(n)) };
+  }
+
+  /** Removes `n` from the cluster and adds a new member with a new id in its place. */
+  private async replace(n: JepsenNode): Promise<Record<string, unknown>> {
+    const removed = await this.changeMembership("removeMember", { nodeId: n.id }).catch((e: Error) => e);
+    await this.cluster.stop(n, "SIGKILL", "removed");
+    this.recovering.delete(n.id);
+    const spare = this.spareId();
+    const out: Record<string, unknown> = { removeMember: removed instanceof Error ? `failed: ${removed.message}` : removed };
+    if (spare !== undefined) out.replacement = await this.join(spare);
+    return out;
   }
 
   /** True when the node is still running START_REFUSAL_WAIT_MS after its start (or answers /status before). */
@@ -324,9 +347,9 @@ export class Nemesis {
     return n.state === "running";
   }
 
-  /** Waits (bounded) until a wiped node has applied what the leader had committed when it started. */
-  private async awaitCaughtUp(n: JepsenNode): Promise<boolean> {
-    const end = Date.now() + CATCH_UP_MS_MAX;
+  /** Waits (bounded) until a wiped or new node has applied what the leader had committed when it started. */
+  private async awaitCaughtUp(n: JepsenNode, ms: number = CATCH_UP_MS_MAX): Promise<boolean> {
+    const end = Date.now() + ms;
     let target: number | undefined;
     // Bounded by the deadline.
     while (Date.now() < end) {
@@ -368,10 +391,7 @@ export class Nemesis {
       if (!up) {
         detail.exit = n.lastExit;
         detail.output = n.output.slice(-1500);
-        this.cluster.wipe(n, `repair after ${damage?.kind ?? "damage"}`);
-        this.cluster.start(n);
-        this.recovering.add(n.id);
-        detail.caughtUp = await this.awaitCaughtUp(n);
+        Object.assign(detail, await this.repairByWipe(n, `repair after ${damage?.kind ?? "damage"}`));
       }
       this.history.faultEnd(fault, "corrupt", detail);
     } finally {
@@ -399,7 +419,7 @@ export class Nemesis {
 
   private async membershipStep(): Promise<void> {
     const members = this.cluster.members();
-    const spare = [...Array(NODE_IDS_MAX).keys()].map((i) => i + 1).find((id) => !this.cluster.nodes.has(id));
+    const spare = this.spareId();
     if (members.length < this.startingSize + EXTRA_VOTERS_MAX && spare !== undefined) await this.addMember(spare);
     else await this.removeMember();
   }
@@ -435,12 +455,22 @@ export class Nemesis {
     }
   }
 
+  private spareId(): number | undefined {
+    return [...Array(NODE_IDS_MAX).keys()].map((i) => i + 1).find((id) => !this.cluster.nodes.has(id));
+  }
+
   private async addMember(id: number): Promise<void> {
-    const n = await this.cluster.addNode(id);
-    this.busy.add(id);
     this.counts.membership++;
     const fault = this.history.faultStart("membership", { change: "add", node: id });
-    const detail: Record<string, unknown> = { change: "add", node: id };
+    const detail = await this.join(id);
+    this.history.faultEnd(fault, "membership", { change: "add", ...detail });
+  }
+
+  /** A new node: started with --join, added as a learner, caught up, promoted to voter. */
+  private async join(id: number): Promise<Record<string, unknown>> {
+    const n = await this.cluster.addNode(id);
+    this.busy.add(id);
+    const detail: Record<string, unknown> = { node: id };
     try {
       this.cluster.start(n, { join: true, peers: this.cluster.members().filter((m) => m !== n) });
       const added = await this.changeMembership("addLearner", { address: this.cluster.clusterAddress(n) }).catch((e: Error) => e);
@@ -449,16 +479,16 @@ export class Nemesis {
       if (added instanceof Error && !(config?.learners.includes(id) || config?.voters.includes(id))) {
         await this.cluster.stop(n, "SIGKILL", "removed");
         detail.outcome = "not added";
-        return;
+        return detail;
       }
       this.recovering.add(id);
       detail.caughtUp = await this.awaitCaughtUp(n);
       const promoted = await this.changeMembership("promoteMember", { nodeId: id }).catch((e: Error) => e);
       detail.promote = promoted instanceof Error ? `failed: ${promoted.message}` : promoted;
       detail.outcome = promoted instanceof Error ? "learner" : "voter";
+      return detail;
     } finally {
       this.busy.delete(id);
-      this.history.faultEnd(fault, "membership", detail);
     }
   }
 
