@@ -12,7 +12,7 @@
  *   had at the snapshot's position); an earlier position rebuilds the projections to it; a truncated
  *   archive and a non-empty data directory are refused.
  */
-import { randomInt } from "node:crypto";
+import { createHash, randomInt } from "node:crypto";
 import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import * as net from "node:net";
 import { join } from "node:path";
@@ -147,7 +147,28 @@ describe("verity-backup stream on a 3-node cluster", () => {
       const exit = await exitOf(s.process);
       expect(exit.signal, s.output).toBe("SIGKILL");
       kills.push(`${mode}: ${s.output.split("\n").filter((l) => l.startsWith("uploaded")).length} uploads before the kill`);
+      // Whatever the moment of the kill, the manifest is whole and lists only whole objects.
+      const listed = await bucketState();
+      if (mode === "manifest-put") expect(listed.orphans, "the upload the manifest does not list yet").toHaveLength(1);
     }
+    // SIGTERM ends a run cleanly, with its summary; its metrics are served meanwhile.
+    const metricsPort = await freePort();
+    const graceful = startChild("verity-backup", [...streamArgs(s3.endpoint), "--metrics-address", `127.0.0.1:${metricsPort}`]);
+    const metrics = await until("the streamer's metrics", async () => {
+      try {
+        const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+        return /verity_backup_segments_uploaded_total [1-9]/.test(text) ? text : undefined;
+      } catch {
+        return undefined;
+      }
+    });
+    for (const name of ["verity_backup_bytes_uploaded_total", "verity_backup_last_uploaded_index", "verity_backup_lag_segments", "verity_backup_lag_entries", "verity_backup_recovery_point_seconds_count"]) {
+      expect(metrics).toContain(name);
+    }
+    graceful.process.kill("SIGTERM");
+    expect((await exitOf(graceful.process)).code, graceful.output).toBe(0);
+    expect(graceful.output).toMatch(/verity-backup stream: \d+ segments .* uploaded in/);
+
     writing = false;
     await writer;
     client.close();
@@ -185,6 +206,28 @@ describe("verity-backup stream on a 3-node cluster", () => {
     expect(JSON.parse(r.stdout)).toMatchObject({ ok: true, position, segments: manifest.segments.length, start: "new-cluster" });
     expect(recordLines(await readRecords(restored, Number.MAX_SAFE_INTEGER))).toEqual(recordLines(await readRecords(dataDir, position)));
 
+    // The guide's "Data Corruption" procedure: the follower's disk is lost; restored from the bucket as
+    // the seed of the same member, it rejoins, syncs the rest from the leader, and votes again.
+    follower.process!.kill("SIGKILL");
+    await exitOf(follower.process!);
+    const others = nodes.filter((n) => n !== follower);
+    const seed = await runCli("verity-restore", [
+      "--source", `s3://${BUCKET}/stream/`, ...s3.flags(), "--data-dir", dataDir, "--force", "--json",
+      "--peers", others.map((n) => `127.0.0.1:${n.client}`).join(","), "--tls-ca", ca.cert, "--tls-cert", procs.admin.cert, "--tls-key", procs.admin.key,
+    ]);
+    expect(seed.code, seed.stdout + seed.stderr).toBe(0);
+    const seeded = JSON.parse(seed.stdout) as { start: string; node_id: number; recover_until: number; position: number };
+    expect(seeded).toMatchObject({ start: "member", node_id: follower.id, position: last.lastIndex });
+    expect(seeded.recover_until).toBeGreaterThanOrEqual(commit);
+    procs.start(follower, { env: { VERITY_STORAGE_SEGMENT_SIZE: "1MB" } });
+    const again = new VerityClient({ endpoints: others.map((n) => `127.0.0.1:${n.client}`), tls: { ca: ca.cert, ...procs.admin }, attempts: 40 });
+    await again.append({ tenant: "acme", stream: "after", events: [{ type: "E", data: {} }] });
+    again.close();
+    const target = (await procs.status(leader))!.commit_index as number;
+    await until("the restored member caught up", async () => (((await procs.status(follower))?.applied_index as number) >= target ? true : undefined), 30_000);
+    await until("one leader all agree on", () => procs.leaderOf(nodes));
+    expect(follower.output).not.toMatch(/corruption|refus/i);
+
     // A damaged object stops a restore, naming it.
     await corrupt(`stream/${manifest.segments[1]!.key}`);
     const bad = await runCli("verity-restore", ["--source", `s3://${BUCKET}/stream/`, ...s3.flags(), "--data-dir", join(tmp.path, "restored-bad")]);
@@ -193,6 +236,24 @@ describe("verity-backup stream on a 3-node cluster", () => {
     for (const n of nodes) n.process!.kill("SIGKILL");
   });
 });
+
+/** The bucket's segment objects, and those the manifest does not list (uploads a kill left behind). */
+async function bucketState(): Promise<{ manifest: ReturnType<typeof decodeStreamManifest> | undefined; orphans: string[] }> {
+  const objects = (await s3.store("stream/").list("segments/", 10_000)).map((o) => o.key);
+  let manifest;
+  try {
+    manifest = decodeStreamManifest(await getBytes(`stream/${STREAM_MANIFEST_KEY}`), "manifest");
+  } catch (e) {
+    if ((e as { name?: string }).name === "NoSuchKey") return { manifest: undefined, orphans: objects };
+    throw e;
+  }
+  const listed = new Set(manifest.segments.map((s) => s.key));
+  for (const s of manifest.segments) {
+    expect(objects).toContain(s.key);
+    expect(createHash("sha256").update(await getBytes(`stream/${s.key}`)).digest("hex"), s.key).toBe(s.sha256);
+  }
+  return { manifest, orphans: objects.filter((k) => !listed.has(k)) };
+}
 
 async function corrupt(key: string): Promise<void> {
   const bytes = await getBytes(key);
