@@ -12,6 +12,7 @@
  *   had at the snapshot's position); an earlier position rebuilds the projections to it; a truncated
  *   archive and a non-empty data directory are refused.
  */
+import { spawnSync } from "node:child_process";
 import { createHash, randomInt } from "node:crypto";
 import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import * as net from "node:net";
@@ -25,7 +26,7 @@ import { VerityClient } from "../../src/client/verity-client.js";
 import { TestCa } from "../helpers/certs.js";
 import { tempDir } from "../helpers/log-fixtures.js";
 import { ProcessCluster, freePort, until, type ProcessNode } from "../helpers/process-cluster.js";
-import { BUCKET, TestNode, TestS3, exitOf, readRecords, recordLines, runCli, startChild, type Child } from "./backup-helpers.js";
+import { BUCKET, TestNode, TestS3, bin, exitOf, readRecords, recordLines, runCli, runCommand, startChild, type Child } from "./backup-helpers.js";
 
 const tmp = tempDir("backup-cluster");
 let s3: TestS3;
@@ -301,6 +302,14 @@ describe("verity-backup snapshot and verity-restore on a running node", () => {
     const snapshot = JSON.parse(snap.stdout) as { position: number; segments: number; databases: { path: string; applied_position: number }[] };
     expect(snapshot.segments).toBeGreaterThanOrEqual(3);
     expect(snapshot.databases.map((d) => d.path).sort()).toEqual(["projections/tenant_acme/projections.sqlite", "state/events.sqlite"]);
+    // On a terminal, a progress bar redrawn in place (util-linux script(1) gives the command a pseudo-terminal).
+    if (spawnSync("script", ["--version"]).status === 0) {
+      const command = [process.execPath, bin("verity-backup"), "snapshot", "--data-dir", source.dataDir, "--output", join(tmp.path, "snap-tty.tar.gz")].map((a) => `'${a}'`).join(" ");
+      const tty = await runCommand("script", ["-qec", command, "/dev/null"]);
+      expect(tty.code, tty.stdout).toBe(0);
+      expect(tty.stdout).toMatch(/\rverity-backup snapshot: archiving \[#+-*\] +\d+%/);
+      expect(tty.stdout).toMatch(/\[#{30}\] 100%/);
+    }
     const countsAt = (position: number) => {
       const counts = new Map<string, number>();
       for (const a of appended) if (a.last <= position) counts.set(a.stream, (counts.get(a.stream) ?? 0) + 32);

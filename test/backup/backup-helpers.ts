@@ -74,8 +74,13 @@ export class TestS3 {
  * Runs a CLI to completion. Never spawnSync: s3rver runs in the test process, and a blocked event
  * loop would keep it from answering the CLI.
  */
-export async function runCli(name: string, args: string[], env: NodeJS.ProcessEnv = CLI_ENV): Promise<{ code: number; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [bin(name), ...args], { stdio: ["ignore", "pipe", "pipe"], env });
+export function runCli(name: string, args: string[], env: NodeJS.ProcessEnv = CLI_ENV): Promise<{ code: number; stdout: string; stderr: string }> {
+  return runCommand(process.execPath, [bin(name), ...args], env);
+}
+
+/** Runs any command to completion, without blocking the event loop. */
+export async function runCommand(command: string, args: string[], env: NodeJS.ProcessEnv = CLI_ENV): Promise<{ code: number; stdout: string; stderr: string }> {
+  const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"], env });
   let stdout = "";
   let stderr = "";
   child.stdout!.on("data", (d: Buffer) => (stdout += d.toString()));
