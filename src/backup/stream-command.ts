@@ -97,6 +97,7 @@ export async function streamCommand(a: StreamArgs): Promise<number> {
     process.removeListener("SIGTERM", onSignal);
     process.removeListener("SIGINT", onSignal);
     server?.close();
+    server?.closeAllConnections(); // a scraper's keep-alive connection must not hold the exit
     out(summary(streamer, store.location, commit, a.json, Date.now() - started));
   }
   return ExitCode.OK;
