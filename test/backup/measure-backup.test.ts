@@ -31,15 +31,15 @@ const EVENT_BYTES = 1024;
 const EVENTS_PER_APPEND = 256;
 const MiB = 1024 * 1024;
 
-const tmp = tempDir("backup-measure");
 const stops: (() => void)[] = [];
 afterAll(() => {
   for (const s of stops) s();
-  tmp.cleanup();
 });
 
 describe.skipIf(!enabled)("backup measurements", () => {
   it("recovery point, upload, restore and snapshot rates", async () => {
+    const tmp = tempDir("backup-measure");
+    stops.push(() => tmp.cleanup());
     const port = await freePort();
     const s3 = spawn(process.execPath, [join(root, "node_modules", "s3rver", "bin", "s3rver.js"), "-d", join(tmp.path, "s3"), "-a", "127.0.0.1", "-p", String(port), "-s", "--configure-bucket", BUCKET], { stdio: "ignore" });
     stops.push(() => s3.kill("SIGKILL"));
