@@ -33,7 +33,7 @@ const MiB = 1024 * 1024;
 
 const stops: (() => void)[] = [];
 afterAll(() => {
-  for (const s of stops) s();
+  for (const s of stops.reverse()) s(); // processes first, their directory last
 });
 
 describe.skipIf(!enabled)("backup measurements", () => {
