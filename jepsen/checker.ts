@@ -713,7 +713,9 @@ function checkNodeExits(c: Context, a: Anomalies): void {
     a.add("divergence", { kind: "node refused to start after a crash", node: l.node, time: l.time, detail: l.detail, explanation: `node ${l.node} would not start again after ${String(l.detail?.after)} (exit ${JSON.stringify(l.detail?.exit ?? null)}); a crash must leave a data directory the node recovers from. Its output is in nodes/node${l.node}.log` });
   }
   for (const l of c.nodeLines.filter((x) => x.event === "rejoin-stuck")) {
-    a.add("divergence", { kind: "wiped node never caught up", node: l.node, time: l.time, detail: l.detail, explanation: `node ${l.node}, restarted with an empty data directory and its old id (the Single Node Failure procedure), had not caught up after ${String(l.detail?.why)}; the harness replaced it. See nodes/node${l.node}.log` });
+    const st = (l.detail?.status ?? undefined) as { state?: string; commit_index?: number; leader_id?: number } | undefined;
+    const where = st === undefined ? "it did not answer /status" : `it was ${String(st.state)}, commit index ${String(st.commit_index)}, leader ${String(st.leader_id)}`;
+    a.add("divergence", { kind: "wiped node never caught up", node: l.node, time: l.time, detail: l.detail, explanation: `node ${l.node}, restarted with an empty data directory and its old id (the Single Node Failure procedure, ${String(l.detail?.why)}), had not caught up: ${where}; the harness replaced it with a new member. See nodes/node${l.node}.log` });
   }
   for (const l of c.nodeLines) {
     if (l.event !== "exit" || l.detail?.expected !== false) continue;

@@ -7,8 +7,13 @@ import { strict as assert } from "node:assert";
 
 // ---- Cluster ----
 
-/** Node ids (and certificate identities node-1 ..) the harness may use, membership changes included. */
-export const NODE_IDS_MAX = 12;
+/**
+ * Node ids (and certificate identities node-1 ..) the harness may use, membership changes and
+ * replacements included. Ids are never reused, so a long run with membership changes needs many
+ * (and so meets the cluster's bound on peer links, CLUSTER_NODES_MAX = 15, if links to removed
+ * members are never dropped).
+ */
+export const NODE_IDS_MAX = 64;
 /** The cluster sizes `--nodes` accepts. */
 export const CLUSTER_SIZES = [3, 5] as const;
 /** Ports inside a node's own network namespace (each namespace has its own address). */
@@ -100,6 +105,9 @@ export const DOWN_MS_MIN = 500;
 export const DOWN_MS_MAX = 5_000;
 /** Chance that a lose-unsynced crash takes down every node at once (a power loss of the cluster). */
 export const POWER_LOSS_ALL_PROBABILITY = 0.2;
+/** lose-unsynced: how often each node's SQLite databases are copied (what a crash may roll them back to). */
+export const SQLITE_COPY_MS_MIN = 2_000;
+export const SQLITE_COPY_MS_MAX = 6_000;
 /** Chance, in --nemesis all, that a second fault is laid over the first. */
 export const OVERLAY_PROBABILITY = 0.3;
 /** Bits flipped per corrupt fault, at most. */
@@ -133,6 +141,7 @@ export const REPORT_BUCKET_MS = 1_000;
 
 assert(LOOPBACK_PORT_MIN < LOOPBACK_PORT_MAX && LOOPBACK_PORT_MAX < 32_768, "loopback ports stay below the ephemeral range");
 assert(Math.max(...CLUSTER_SIZES) + EXTRA_VOTERS_MAX < NODE_IDS_MAX, "membership changes need spare node ids");
+assert(NODE_IDS_MAX + 10 < 255, "node addresses are 10.213.X.(10 + id)");
 assert(NEMESIS_QUIET_MS_MIN <= NEMESIS_QUIET_MS_MAX && FAULT_HOLD_MS_MIN <= FAULT_HOLD_MS_MAX);
 assert(PAUSE_MS_MIN > 300, "a pause must outlast the default election timeout (300 ms at most)");
 assert(STREAM_EVENTS_MAX + EVENTS_PER_APPEND_MAX < READ_LIMIT, "one read returns a whole stream");

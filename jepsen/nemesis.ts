@@ -10,7 +10,8 @@
  * - partition: isolate one node, isolate the leader, majority/minority, bridge, ring (4 nodes or
  *   more), asymmetric (a node that can only send, or only receive); see network.ts for how.
  * - lose-unsynced: SIGKILL, then the data directory is cut back to what was durable with a torn
- *   last write (lose-unsynced.ts); one node, or every node at once (a power loss of the cluster).
+ *   last write (lose-unsynced.ts), and SQLite databases may go back to an earlier consistent copy
+ *   (sqlite-rollback.ts); one node, or every node at once (a power loss of the cluster).
  * - corrupt: a node that is not the leader, while every other member is healthy (so it is a
  *   minority of one), is stopped, its segment files damaged (corrupt.ts), and restarted. It must
  *   refuse damaged data; the repair is the guide's Single Node Failure procedure: its data
@@ -24,15 +25,17 @@
  */
 
 import * as grpc from "@grpc/grpc-js";
+import { join } from "node:path";
 import {
   CATCH_UP_MS_MAX, DOWN_MS_MAX, DOWN_MS_MIN, EXTRA_VOTERS_MAX, FAULT_HOLD_MS_MAX, FAULT_HOLD_MS_MIN, FAULTS_MAX, MEMBERSHIP_STEP_MS_MAX,
   NEMESIS_QUIET_MS_MAX, NEMESIS_QUIET_MS_MIN, NODE_IDS_MAX, NODE_UP_WAIT_MS, OVERLAY_PROBABILITY, PAUSE_MS_MAX, PAUSE_MS_MIN, POLL_MS,
-  POWER_LOSS_ALL_PROBABILITY, REJOIN_CATCH_UP_MS_MAX, START_REFUSAL_WAIT_MS,
+  POWER_LOSS_ALL_PROBABILITY, REJOIN_CATCH_UP_MS_MAX, SQLITE_COPY_MS_MAX, SQLITE_COPY_MS_MIN, START_REFUSAL_WAIT_MS,
 } from "./constants.js";
 import type { JepsenCluster, JepsenNode } from "./cluster.js";
 import { damageSegments } from "./corrupt.js";
 import type { History } from "./history.js";
 import { loseUnsynced } from "./lose-unsynced.js";
+import { rollBackDatabases, snapshotDatabases } from "./sqlite-rollback.js";
 import type { Link } from "./network.js";
 import type { Rng } from "./rng.js";
 
@@ -128,6 +131,7 @@ export class Nemesis {
   async run(endAt: number): Promise<void> {
     const loops: Promise<void>[] = [this.faultLoop(endAt)];
     if (this.enabled.includes("membership")) loops.push(this.membershipLoop(endAt));
+    if (this.enabled.includes("lose-unsynced")) loops.push(this.sqliteCopyLoop(endAt));
     await Promise.all(loops);
     // Without faults (or when they end early) the workload still runs for the whole time limit.
     await this.sleep(Math.max(0, endAt - Date.now()));
@@ -136,6 +140,20 @@ export class Nemesis {
   /** Ends the loops early; the fault under way heals itself at once. */
   stop(): void {
     this.stopping.abort();
+  }
+
+  /** Where a node's SQLite copies for lose-unsynced live (per data generation: a wipe starts over). */
+  private sqliteCopies(n: JepsenNode): string {
+    return join(n.dir, `sqlite-copy-g${n.generation}`);
+  }
+
+  /** Keeps a recent consistent copy of every running node's SQLite databases (sqlite-rollback.ts). */
+  private async sqliteCopyLoop(endAt: number): Promise<void> {
+    // Bounded by the deadline.
+    while (!this.stopped && Date.now() < endAt) {
+      await this.sleep(this.rng.between(SQLITE_COPY_MS_MIN, SQLITE_COPY_MS_MAX));
+      for (const n of this.cluster.running()) if (!this.busy.has(n.id)) snapshotDatabases(n.dataDir, this.sqliteCopies(n));
+    }
   }
 
   private async faultLoop(endAt: number): Promise<void> {
@@ -281,14 +299,16 @@ export class Nemesis {
       // Simultaneously, as a power loss would.
       await Promise.all(targets.map((n) => this.cluster.stop(n, "SIGKILL")));
       const cuts: Record<string, unknown> = {};
+      const rolledBack: Record<string, unknown> = {};
       for (const n of targets) {
         if (n.journal === undefined || n.baseline === undefined) continue;
         cuts[`node${n.id}`] = loseUnsynced(n.dataDir, n.baseline, n.journal, this.rng).map((c) => ({ ...c, file: c.file.slice(n.dataDir.length + 1) }));
+        rolledBack[`node${n.id}`] = rollBackDatabases(n.dataDir, this.sqliteCopies(n), this.rng);
       }
       await this.sleep(this.rng.between(DOWN_MS_MIN, DOWN_MS_MAX));
       const restarts: Record<string, unknown> = {};
       for (const n of targets) restarts[`node${n.id}`] = await this.restart(n, "lose-unsynced");
-      this.history.faultEnd(fault, "lose-unsynced", { cuts, restarts });
+      this.history.faultEnd(fault, "lose-unsynced", { cuts, sqliteRolledBack: rolledBack, restarts });
     } finally {
       for (const n of targets) this.busy.delete(n.id);
     }
