@@ -129,6 +129,15 @@ export class Progress {
     this.next = (this.match + 1) as LogIndex;
   }
 
+  /**
+   * The follower's log ends at `lastIndex`, below what it acknowledged: it lost entries (its data
+   * directory was wiped or restored from a backup). Probe again from its real end.
+   */
+  lostEntries(lastIndex: LogIndex): void {
+    this.match = lastIndex;
+    this.becomeProbe();
+  }
+
   /** The follower holds everything up to `index`. Returns false when that is old news. */
   maybeUpdate(index: LogIndex): boolean {
     this.probeSent = false;

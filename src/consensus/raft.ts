@@ -996,6 +996,16 @@ export class RaftCore {
   /** Fast backtracking: jump over a whole conflicting term at once, not one index per round trip. */
   private handleAppendRejection(from: NodeId, progress: Progress, message: AppendResponse & { success: false }): void {
     if (progress.state === ProgressState.CATCH_UP) return;
+    // A log that ends below what the follower acknowledged: it lost entries (a wiped or restored
+    // data directory). Without this, the rejection looks stale in REPLICATE, and a probe never goes
+    // below match + 1: the follower would never be brought back. Lowering match only delays
+    // commits (the commit index never moves back); a stale rejection costs one more probe.
+    if (message.conflictTerm === 0 && message.conflictIndex - 1 < progress.match) {
+      this.event(`${this.id} sees ${from}'s log end at ${message.conflictIndex - 1}, below its match ${progress.match}: it lost entries; probing from there`);
+      progress.lostEntries((message.conflictIndex - 1) as LogIndex);
+      this.sendAppends(from, false);
+      return;
+    }
     const stale =
       progress.state === ProgressState.REPLICATE
         ? message.rejectedPrevIndex <= progress.match

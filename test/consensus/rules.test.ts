@@ -117,6 +117,26 @@ describe("rejoining with an empty log", () => {
   });
 });
 
+describe("a follower that lost its log", () => {
+  it("is probed again from its real end, even below the match it once acknowledged", () => {
+    const core = coreWithLog(1, [1, 1, 1, 1], 4);
+    core.campaign();
+    core.step({ type: "VOTE_RESPONSE", from: nid(2), to: nid(1), term: trm(2), granted: true });
+    core.advance(core.ready()); // the no-op (index 5) is durable
+    core.step({ type: "APPEND_RESPONSE", from: nid(2), to: nid(1), term: trm(2), success: true, matchIndex: idx(5) });
+    expect(core.status().progress.find((p) => p.id === 2)!.match).toBe(5);
+    core.advance(core.ready());
+    // Node 2 comes back with an empty data directory: it rejects what follows its old match.
+    core.step({ type: "APPEND_RESPONSE", from: nid(2), to: nid(1), term: trm(2), success: false, rejectedPrevIndex: idx(5), conflictTerm: trm(0), conflictIndex: idx(1) });
+    expect(core.status().progress.find((p) => p.id === 2)!.match).toBe(0);
+    // Entries 1..4 are on disk only: the leader asks its driver to load them, from index 1.
+    const ready = core.ready();
+    const appends = ready.messages.filter((m): m is Extract<Message, { type: "APPEND" }> => m.type === "APPEND" && m.to === 2);
+    expect([...appends.map((m) => m.prevIndex + 1), ...ready.fetches.map((f) => f.from)]).toContain(1);
+    expect(core.status().commit).toBe(5); // the commit index never moves back
+  });
+});
+
 describe("commit rule", () => {
   it("counts a quorum of match indexes", () => {
     const config = membershipConfig([nid(1), nid(2), nid(3), nid(4), nid(5)]);
