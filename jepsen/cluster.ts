@@ -203,9 +203,11 @@ export class JepsenCluster {
     n.state = state;
     if (child === undefined || child.exitCode !== null || child.signalCode !== null) {
       n.process = undefined;
+      if (state === "removed") this.options.network.removeNode(n.id);
       return;
     }
     const done = new Promise<void>((r) => child.once("exit", () => r()));
+    if (state === "removed") void done.then(() => this.options.network.removeNode(n.id));
     if (signal === "SIGTERM") child.kill("SIGCONT");
     child.kill(signal);
     const timer = setTimeout(() => child.kill("SIGKILL"), STOP_GRACE_MS);

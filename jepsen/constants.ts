@@ -13,7 +13,7 @@ import { strict as assert } from "node:assert";
  * (and so meets the cluster's bound on peer links, CLUSTER_NODES_MAX = 15, if links to removed
  * members are never dropped).
  */
-export const NODE_IDS_MAX = 64;
+export const NODE_IDS_MAX = 240;
 /** The cluster sizes `--nodes` accepts. */
 export const CLUSTER_SIZES = [3, 5] as const;
 /** Ports inside a node's own network namespace (each namespace has its own address). */
@@ -114,6 +114,9 @@ export const OVERLAY_PROBABILITY = 0.3;
 export const CORRUPT_BIT_FLIPS_MAX = 4;
 /** A membership change (add, catch up, promote; or remove) must finish within this long. */
 export const MEMBERSHIP_STEP_MS_MAX = 60_000;
+/** Pause between membership changes. */
+export const MEMBERSHIP_PAUSE_MS_MIN = 6_000;
+export const MEMBERSHIP_PAUSE_MS_MAX = 15_000;
 /** Voters added above the starting size, at most. */
 export const EXTRA_VOTERS_MAX = 1;
 /** Faults per run, at most (a bound on the nemesis loop). */
@@ -141,7 +144,7 @@ export const REPORT_BUCKET_MS = 1_000;
 
 assert(LOOPBACK_PORT_MIN < LOOPBACK_PORT_MAX && LOOPBACK_PORT_MAX < 32_768, "loopback ports stay below the ephemeral range");
 assert(Math.max(...CLUSTER_SIZES) + EXTRA_VOTERS_MAX < NODE_IDS_MAX, "membership changes need spare node ids");
-assert(NODE_IDS_MAX + 10 < 255, "node addresses are 10.213.X.(10 + id)");
+assert(NODE_IDS_MAX + 10 <= 250, "node addresses are 10.213.X.(10 + id)");
 assert(NEMESIS_QUIET_MS_MIN <= NEMESIS_QUIET_MS_MAX && FAULT_HOLD_MS_MIN <= FAULT_HOLD_MS_MAX);
 assert(PAUSE_MS_MIN > 300, "a pause must outlast the default election timeout (300 ms at most)");
 assert(STREAM_EVENTS_MAX + EVENTS_PER_APPEND_MAX < READ_LIMIT, "one read returns a whole stream");

@@ -27,7 +27,7 @@
 import * as grpc from "@grpc/grpc-js";
 import { join } from "node:path";
 import {
-  CATCH_UP_MS_MAX, DOWN_MS_MAX, DOWN_MS_MIN, EXTRA_VOTERS_MAX, FAULT_HOLD_MS_MAX, FAULT_HOLD_MS_MIN, FAULTS_MAX, MEMBERSHIP_STEP_MS_MAX,
+  CATCH_UP_MS_MAX, MEMBERSHIP_PAUSE_MS_MAX, MEMBERSHIP_PAUSE_MS_MIN, DOWN_MS_MAX, DOWN_MS_MIN, EXTRA_VOTERS_MAX, FAULT_HOLD_MS_MAX, FAULT_HOLD_MS_MIN, FAULTS_MAX, MEMBERSHIP_STEP_MS_MAX,
   NEMESIS_QUIET_MS_MAX, NEMESIS_QUIET_MS_MIN, NODE_IDS_MAX, NODE_UP_WAIT_MS, OVERLAY_PROBABILITY, PAUSE_MS_MAX, PAUSE_MS_MIN, POLL_MS,
   POWER_LOSS_ALL_PROBABILITY, REJOIN_CATCH_UP_MS_MAX, SQLITE_COPY_MS_MAX, SQLITE_COPY_MS_MIN, START_REFUSAL_WAIT_MS,
 } from "./constants.js";
@@ -424,7 +424,7 @@ export class Nemesis {
   private async membershipLoop(endAt: number): Promise<void> {
     // Bounded by the deadline and FAULTS_MAX.
     while (!this.stopped && Date.now() < endAt && this.faults < FAULTS_MAX) {
-      await this.sleep(this.rng.between(2 * NEMESIS_QUIET_MS_MIN, 2 * NEMESIS_QUIET_MS_MAX));
+      await this.sleep(this.rng.between(MEMBERSHIP_PAUSE_MS_MIN, MEMBERSHIP_PAUSE_MS_MAX));
       if (this.stopped || Date.now() >= endAt) break;
       await this.fault("membership");
     }
@@ -492,7 +492,9 @@ export class Nemesis {
     this.busy.add(id);
     const detail: Record<string, unknown> = { node: id };
     try {
-      this.cluster.start(n, { join: true, peers: this.cluster.members().filter((m) => m !== n) });
+      // Peers to discover the cluster from: members that are whole (a node still rejoining, or one
+      // stuck forming a cluster of its own, could answer with the wrong cluster id).
+      this.cluster.start(n, { join: true, peers: this.cluster.members().filter((m) => m !== n && !this.recovering.has(m.id) && m.state === "running") });
       const added = await this.changeMembership("addLearner", { address: this.cluster.clusterAddress(n) }).catch((e: Error) => e);
       detail.addLearner = added instanceof Error ? `failed: ${added.message}` : added;
       const config = await this.configuration();

@@ -47,6 +47,8 @@ export interface Network {
   addNode(id: number): Promise<NodeEndpoints>;
   /** The command line that runs `command args` for node `id` (inside its namespace). */
   wrap(id: number, command: string, args: readonly string[]): { command: string; args: string[] };
+  /** Removes what `addNode` made for a node that left the cluster for good (its process has exited). */
+  removeNode(id: number): void;
   /** Makes exactly these directed links drop every packet; every other link works. */
   setBlocked(links: readonly Link[]): Promise<void>;
   /** The links cut now. */
@@ -178,6 +180,16 @@ export class NamespaceNetwork implements Network {
     return { command: "ip", args: ["netns", "exec", this.nodeNs(id), command, ...args] };
   }
 
+  removeNode(id: number): void {
+    if (!this.nodes.delete(id)) return;
+    this.current = this.current.filter(([a, b]) => a !== id && b !== id);
+    try {
+      ipSync(["netns", "del", this.nodeNs(id)]);
+    } catch {
+      // Gone already.
+    }
+  }
+
   blocked(): Link[] {
     return [...this.current];
   }
@@ -248,6 +260,8 @@ export class LoopbackNetwork implements Network {
   wrap(_id: number, command: string, args: readonly string[]): { command: string; args: string[] } {
     return { command, args: [...args] };
   }
+
+  removeNode(): void {}
 
   blocked(): Link[] {
     return [];
