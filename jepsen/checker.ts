@@ -438,7 +438,7 @@ function checkExpectedVersions(c: Context, a: Anomalies): void {
       if (r.firstVersion !== e + 1) {
         a.add("inconsistent_offset", { kind: "expected version not honoured", op: op.id, stream: key, expected: v.expected, firstVersion: r.firstVersion, explanation: `${describe(op)} expected ${key} at ${v.expected === "no-stream" ? "no stream" : `version ${e}`} and was acknowledged at version ${r.firstVersion}` });
       }
-    } else if (op.type === "fail" && op.error?.code === "FAILED_PRECONDITION") {
+    } else if (op.type === "fail" && op.error?.code === "FAILED_PRECONDITION" && /wrong expected version|FAILED_PRECONDITION/.test(op.error.message)) {
       // Explainable when, at some moment of [invoke, complete], the stream may not have been at `e`:
       // version e did not exist yet, or version e+1 existed already.
       const eNotYet = e >= 0 && (upper(key, e) === undefined || op.invoke < upper(key, e)!);

@@ -43,6 +43,8 @@ export interface JepsenNode {
   output: string;
   /** How the last incarnation ended. */
   lastExit: { code: number | null; signal: string | null; time: number } | undefined;
+  /** lose-unsynced: consistent copies of its SQLite databases (of this data generation). */
+  readonly sqliteCopies: string;
   /** lose-unsynced: this incarnation's journal, and the file sizes when it started. */
   journal: string | undefined;
   baseline: FileSizes | undefined;
@@ -110,7 +112,7 @@ export class JepsenCluster {
     const dir = join(this.options.dir, "nodes", `node${id}`);
     mkdirSync(dir, { recursive: true });
     const node: JepsenNode = {
-      id, endpoints, dir, dataDir: join(dir, "data"), state: "new", process: undefined, incarnation: 0, generation: 0, output: "",
+      id, endpoints, dir, dataDir: join(dir, "data"), sqliteCopies: join(dir, "sqlite-copy"), state: "new", process: undefined, incarnation: 0, generation: 0, output: "",
       lastExit: undefined, journal: undefined, baseline: undefined,
     };
     this.nodes.set(id, node);
@@ -240,7 +242,15 @@ export class JepsenCluster {
       if (existsSync(old)) rmSync(old, { recursive: true, force: true });
     }
     n.generation++;
+    rmSync(n.sqliteCopies, { recursive: true, force: true });
     this.options.history.node(n.id, "wipe", { why, generation: n.generation });
+  }
+
+  /** Starts a new data generation without wiping (part of the node's state went back in time). */
+  newGeneration(n: JepsenNode, why: string): void {
+    n.generation++;
+    rmSync(n.sqliteCopies, { recursive: true, force: true });
+    this.options.history.node(n.id, "generation", { why, generation: n.generation });
   }
 
   /** /status over HTTPS with the admin certificate, or undefined if the node does not answer. */
