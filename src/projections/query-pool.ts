@@ -76,6 +76,8 @@ export interface QueryResult {
   rows: unknown[][];
   /** True when the query had more rows than the (clamped) limit. */
   truncated: boolean;
+  /** The projections' applied position in the same read snapshot as the rows, when the database has one. */
+  position?: number | undefined;
   /** Milliseconds from the call to the answer, waiting in the queue included. */
   ms: number;
 }
@@ -342,7 +344,7 @@ export class QueryPool {
     slot.state = "idle";
     const { waiting } = running;
     if (m.ok) {
-      waiting.resolve({ columns: m.columns, rows: m.rows, truncated: m.truncated, ms: performance.now() - waiting.calledAt });
+      waiting.resolve({ columns: m.columns, rows: m.rows, truncated: m.truncated, position: m.position, ms: performance.now() - waiting.calledAt });
     } else {
       waiting.reject(new VerityError(m.code, m.message));
     }

@@ -39,6 +39,8 @@ export interface QueryRows {
   readonly rows: unknown[][];
   /** True when the query had more rows than `limit`. */
   readonly truncated: boolean;
+  /** The projections' applied position in the same read snapshot as the rows (undefined: no bookkeeping table). */
+  readonly position?: number | undefined;
 }
 
 /** A worker's answer to one query. */

@@ -138,22 +138,35 @@ export function runQuery(cache: ConnectionCache, job: QueryJob): QueryRows {
     const rows: unknown[][] = [];
     let truncated = false;
     let bytes = 0;
-    // Bounded: stops at limit + 1 rows (the extra row only tells that the result was truncated).
-    for (const row of statement.iterate(job.params) as IterableIterator<unknown[]>) {
-      if (rows.length >= job.limit) {
-        truncated = true;
-        break;
-      }
-      const converted: unknown[] = [];
-      for (const value of row) {
-        const one = convertValue(value, QUERY_RESULT_BYTES_MAX - bytes);
-        bytes += one.bytes;
-        if (bytes > QUERY_RESULT_BYTES_MAX) throw resultTooLarge();
-        converted.push(one.value);
-      }
-      rows.push(converted);
+    // One read snapshot for the rows and the position they reflect: the projector may commit
+    // meanwhile, and a position read apart from the rows could be behind them.
+    db.prepare("BEGIN").run();
+    let position: number | undefined;
+    try {
+      position = db.prepare("SELECT applied_position FROM _verity_state WHERE id = 1").pluck().get() as number | undefined;
+    } catch {
+      position = undefined; // a database without the projector's bookkeeping
     }
-    return { columns, rows, truncated };
+    try {
+      // Bounded: stops at limit + 1 rows (the extra row only tells that the result was truncated).
+      for (const row of statement.iterate(job.params) as IterableIterator<unknown[]>) {
+        if (rows.length >= job.limit) {
+          truncated = true;
+          break;
+        }
+        const converted: unknown[] = [];
+        for (const value of row) {
+          const one = convertValue(value, QUERY_RESULT_BYTES_MAX - bytes);
+          bytes += one.bytes;
+          if (bytes > QUERY_RESULT_BYTES_MAX) throw resultTooLarge();
+          converted.push(one.value);
+        }
+        rows.push(converted);
+      }
+    } finally {
+      db.prepare("COMMIT").run();
+    }
+    return { columns, rows, truncated, position };
   } catch (error) {
     throw queryErrorOf(error);
   }

@@ -138,7 +138,8 @@ export function clientHandlers(target: () => ClientServiceTarget | undefined, me
       const answeredAt = projections.appliedPosition;
       const result = await t.queryPool.query({ dbPath: t.projector.pathOf(tenant), sql: String(r.sql ?? ""), params, limit: Number(r.limit ?? 0) });
       return {
-        response: { columns: result.columns, rowsJson: result.rows.map((row) => JSON.stringify(row)), truncated: result.truncated, appliedPosition: answeredAt },
+        // The position read in the rows' own snapshot; the one read before is only a fallback.
+        response: { columns: result.columns, rowsJson: result.rows.map((row) => JSON.stringify(row)), truncated: result.truncated, appliedPosition: result.position ?? answeredAt },
         events: result.rows.length,
       };
     })),
