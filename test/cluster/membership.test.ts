@@ -29,9 +29,18 @@ describe("membership changes with real processes", () => {
     const newcomer = await cluster.status(fourth);
     expect(newcomer).toMatchObject({ node_id: 4 });
 
-    const added = await cluster.call(leader, AdminClient, "addLearner", { address: `127.0.0.1:${fourth.cluster}` });
+    // Leadership may move meanwhile on a loaded machine: ask whichever node leads now (a refusal
+    // from a node that just stopped leading is UNAVAILABLE and changes nothing).
+    let current = leader;
+    const added = await until("the learner added", async () => {
+      current = (await cluster.leaderOf(founders))?.leader ?? current;
+      return cluster.call(current, AdminClient, "addLearner", { address: `127.0.0.1:${fourth.cluster}` }).catch((e: { code?: number }) => {
+        if (e.code === grpc.status.UNAVAILABLE) return undefined;
+        throw e;
+      });
+    });
     expect(added).toMatchObject({ voters: [1, 2, 3], learners: [4] });
-    const leaderCommit = ((await cluster.status(leader))!.commit_index as number);
+    const leaderCommit = ((await cluster.status(current))!.commit_index as number);
     await until("the learner caught up", async () => {
       const st = await cluster.status(fourth);
       return st !== undefined && (st.applied_index as number) >= leaderCommit ? st : undefined;
@@ -40,15 +49,17 @@ describe("membership changes with real processes", () => {
     // The leader refuses a change while too few voters are caught up (FAILED_PRECONDITION, "wait for
     // the nodes to catch up"); an operator retries, and so does this test.
     const retried = (method: string, nodeId: number) =>
-      until(`${method} ${nodeId}`, () =>
-        cluster.call(leader, AdminClient, method, { nodeId }).catch((e: { code?: number; details?: string }) => {
-          if (e.code !== grpc.status.FAILED_PRECONDITION || !/catch up/.test(e.details ?? "")) throw e;
+      until(`${method} ${nodeId}`, async () => {
+        current = (await cluster.leaderOf(founders))?.leader ?? current;
+        return cluster.call(current, AdminClient, method, { nodeId }).catch((e: { code?: number; details?: string }) => {
+          const retry = e.code === grpc.status.UNAVAILABLE || (e.code === grpc.status.FAILED_PRECONDITION && /catch up/.test(e.details ?? ""));
+          if (!retry) throw e;
           return undefined;
-        }),
-      );
+        });
+      });
     const promoted = await retried("promoteMember", 4);
     expect(promoted).toMatchObject({ voters: [1, 2, 3, 4], learners: [] });
-    const withFour = await cluster.call(leader, AdminClient, "clusterStatus", {});
+    const withFour = await cluster.call(current, AdminClient, "clusterStatus", {});
     expect((withFour.peers as Array<{ id: number; voter: boolean }>).find((p) => p.id === 4)).toMatchObject({ voter: true });
 
     const removed = await retried("removeMember", 4);
