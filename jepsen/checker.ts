@@ -715,7 +715,9 @@ function checkNodeExits(c: Context, a: Anomalies): void {
   for (const l of c.nodeLines.filter((x) => x.event === "rejoin-stuck")) {
     const st = (l.detail?.status ?? undefined) as { state?: string; commit_index?: number; leader_id?: number } | undefined;
     const where = st === undefined ? "it did not answer /status" : `it was ${String(st.state)}, commit index ${String(st.commit_index)}, leader ${String(st.leader_id)}`;
-    a.add("divergence", { kind: "wiped node never caught up", node: l.node, time: l.time, detail: l.detail, explanation: `node ${l.node}, restarted with an empty data directory and its old id (the Single Node Failure procedure, ${String(l.detail?.why)}), had not caught up: ${where}; the harness replaced it with a new member. See nodes/node${l.node}.log` });
+    // "starting": it never formed or joined anything (its peers refused it); otherwise it joined and did not catch up.
+    const kind = st?.state === "starting" ? "wiped node never rejoined" : "wiped node never caught up";
+    a.add("divergence", { kind, node: l.node, time: l.time, detail: l.detail, explanation: `node ${l.node}, restarted with an empty data directory and its old id (the Single Node Failure procedure, ${String(l.detail?.why)}), had not caught up: ${where}; the harness replaced it with a new member. See nodes/node${l.node}.log` });
   }
   for (const l of c.nodeLines) {
     if (l.event !== "exit" || l.detail?.expected !== false) continue;

@@ -2,8 +2,8 @@
  * Where the nodes live, and how links between them are cut.
  *
  * - `NamespaceNetwork` (root only): every node runs in a network namespace of its own
- *   (`vj<pid>n<id>`), with one address 10.213.X.(10+id) on a veth whose other end sits on a
- *   bridge in a switch namespace (`vj<pid>sw`). The harness reaches every node through a veth of
+ *   (`vj<pid>x<k>n<id>`), with one address 10.213.X.(10+id) on a veth whose other end sits on a
+ *   bridge in a switch namespace (`vj<pid>x<k>sw`). The harness reaches every node through a veth of
  *   its own (10.213.X.1), which partitions never touch: clients can still talk to an isolated node,
  *   which is how stale reads from a deposed leader show up. A directed link A -> B is cut with a
  *   permanent neighbour entry in A's namespace that maps B's address to a MAC nobody has: every
@@ -77,7 +77,9 @@ function alive(pid: number): boolean {
 /** A locally administered MAC that no interface has: frames sent to it are flooded by the bridge and accepted by nobody. */
 const NOWHERE_MAC = "02:00:00:00:de:ad";
 
-const NAMESPACE_NAME = /^vj(\d+)(sw|n\d+)$/;
+const NAMESPACE_NAME = /^vj(\d+)x\d+(sw|n\d+)$/;
+/** Networks made by this process so far: each gets its own names (the kernel frees deleted ones a little later). */
+let networksMade = 0;
 
 /** Deletes namespaces left by harness runs whose process is gone (a run killed before its teardown). */
 export function removeStaleNamespaces(): string[] {
@@ -116,7 +118,7 @@ export function namespacesAvailable(): boolean {
 export class NamespaceNetwork implements Network {
   readonly kind = "netns" as const;
   readonly canPartition = true;
-  private readonly tag = String(process.pid);
+  private readonly tag = `${process.pid}x${networksMade++}`;
   private octet = -1;
   private readonly nodes = new Set<number>();
   private current: Link[] = [];

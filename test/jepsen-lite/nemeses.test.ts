@@ -18,10 +18,8 @@ import type { NemesisName } from "../../jepsen/nemesis.js";
 import { runJepsen } from "../../jepsen/run.js";
 
 const KNOWN_SERVER_BUGS: Record<string, string> = {
-  "query rows do not match the position it reports":
-    "bug 1: Query answers with the projections' position read before the query runs in its worker (src/server/client-service.ts), so rows can be ahead of it",
-  "wiped node never caught up":
-    "bug 2: a node restarted empty with its old id is never caught up while the leader still remembers its match index (src/consensus/raft.ts, handleAppendRejection / nextAfterRejection)",
+  "wiped node never rejoined":
+    "bug 3: a node restarted empty with its old id derives a cluster id from its own --cluster-peers, which differs from the cluster's once membership changed or when it joined later (src/server/node.ts, clusterIdForDataDir); its peers refuse it and it waits forever",
 };
 
 /** Seconds of workload under faults per run, and its rate: short, so all six fit the suite's budget. */
