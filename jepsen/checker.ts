@@ -167,7 +167,10 @@ interface Placed {
 class Context {
   readonly ops: Op[];
   readonly appends: Op[];
-  readonly appendByEvent = new Map<string, Op>();
+  /** The appends that carried each event id: one, or several sharing one request id (a retry after an unknown outcome). */
+  readonly appendsByEvent = new Map<string, Op[]>();
+  /** The first invocation of each request id: when the request could first have taken effect. */
+  readonly requestStart = new Map<string, number>();
   readonly eventKey = new Map<string, string>();
   /** The reference final log (the first node's): per tenant in position order, per stream in version order. */
   readonly finalTenants = new Map<string, SubEventTuple[]>();
@@ -182,8 +185,11 @@ class Context {
     this.appends = this.ops.filter((o) => o.f === "append");
     for (const op of this.appends) {
       const v = op.value as AppendValue;
+      if (op.invoke < (this.requestStart.get(v.requestId) ?? Infinity)) this.requestStart.set(v.requestId, op.invoke);
       for (const id of v.events) {
-        this.appendByEvent.set(id, op);
+        const list = this.appendsByEvent.get(id);
+        if (list === undefined) this.appendsByEvent.set(id, [op]);
+        else list.push(op);
         this.eventKey.set(id, keyOf(v.tenant, v.stream));
       }
     }
@@ -210,6 +216,20 @@ class Context {
 function referenceNode(nodes: readonly FinalNode[]): FinalNode | undefined {
   const sorted = [...nodes].sort((a, b) => a.node - b.node);
   return sorted.find((n) => n.errors.length === 0) ?? sorted[0];
+}
+
+/** When an append could first have taken effect: its request's first invocation (a retry answered from a deduplicated earlier try took effect then). */
+function effectiveInvoke(c: Context, op: Op): number {
+  return c.requestStart.get((op.value as AppendValue).requestId) ?? op.invoke;
+}
+
+/**
+ * Whether a request certainly never took effect: one of its tries was refused with a decided
+ * status (a wrong expected version is decided at apply, with request-id deduplication), or every
+ * try failed definitely. UNAVAILABLE "nothing proposed" covers only the try that got it.
+ */
+function neverApplied(ops: readonly Op[]): boolean {
+  return ops.some((o) => o.type === "fail" && o.error?.code !== "UNAVAILABLE") || ops.every((o) => o.type === "fail");
 }
 
 /** Per stream, in position order: [version, id, position]. */
@@ -400,9 +420,12 @@ function checkReadsAndLoss(c: Context, a: Anomalies): void {
   }
   for (const n of c.final.nodes) for (const events of Object.values(n.tenants)) for (const t of events) if (!observed.has(t[3])) observed.set(t[3], `node ${n.node}'s final ReadAll`);
   for (const [id, source] of observed) {
-    const op = c.appendByEvent.get(id);
-    if (op === undefined) a.add("unexpected", { kind: "event never written", eventId: id, source, explanation: `${source} returned event ${id}, which no operation ever tried to append` });
-    else if (op.type === "fail") a.add("aborted_read", { kind: "event of a failed append", eventId: id, source, op: op.id, error: op.error, explanation: `${source} returned event ${id}, whose append ${describe(op)} failed definitely (${op.error?.code}: ${op.error?.message})` });
+    const ops = c.appendsByEvent.get(id);
+    if (ops === undefined) a.add("unexpected", { kind: "event never written", eventId: id, source, explanation: `${source} returned event ${id}, which no operation ever tried to append` });
+    else if (neverApplied(ops)) {
+      const op = ops.find((o) => o.type === "fail" && o.error?.code !== "UNAVAILABLE") ?? ops[ops.length - 1]!;
+      a.add("aborted_read", { kind: "event of a failed append", eventId: id, source, op: op.id, error: op.error, explanation: `${source} returned event ${id}, whose append ${describe(op)} failed definitely (${op.error?.code}: ${op.error?.message})${ops.length > 1 ? ` (one of ${ops.length} tries of its request id)` : ""}` });
+    }
   }
 }
 
@@ -422,7 +445,8 @@ function checkExpectedVersions(c: Context, a: Anomalies): void {
   const lower = (key: string, version: number): number | undefined => {
     const e = c.finalStreams.get(key)?.[version];
     if (e === undefined) return undefined;
-    return c.appendByEvent.get(e[1])?.invoke ?? -Infinity;
+    const ops = c.appendsByEvent.get(e[1]);
+    return ops === undefined ? -Infinity : effectiveInvoke(c, ops[0]!);
   };
   const upper = (key: string, version: number): number | undefined => {
     const e = c.finalStreams.get(key)?.[version];
@@ -441,7 +465,8 @@ function checkExpectedVersions(c: Context, a: Anomalies): void {
     } else if (op.type === "fail" && op.error?.code === "FAILED_PRECONDITION" && /wrong expected version|FAILED_PRECONDITION/.test(op.error.message)) {
       // Explainable when, at some moment of [invoke, complete], the stream may not have been at `e`:
       // version e did not exist yet, or version e+1 existed already.
-      const eNotYet = e >= 0 && (upper(key, e) === undefined || op.invoke < upper(key, e)!);
+      const start = effectiveInvoke(c, op);
+      const eNotYet = e >= 0 && (upper(key, e) === undefined || start < upper(key, e)!);
       const nextAlready = lower(key, e + 1) !== undefined && lower(key, e + 1)! < op.complete;
       if (!eNotYet && !nextAlready) {
         a.add("inconsistent_offset", { kind: "wrong-expected-version refusal unexplained", op: op.id, stream: key, expected: v.expected, error: op.error.message, explanation: `${describe(op)} was refused for a wrong expected version, but ${key} was at ${v.expected === "no-stream" ? "no stream" : `version ${e}`} for its whole duration` });
@@ -452,14 +477,15 @@ function checkExpectedVersions(c: Context, a: Anomalies): void {
 
 /** Appends that completed before another began come before it (per stream by version, globally by position). */
 function checkRealTimeOrder(c: Context, a: Anomalies): void {
-  const oks = c.appends.filter((o) => o.type === "ok");
+  // A retry answered from its request's earlier try took effect no later than that try: order by the request's start.
+  const oks = c.appends.filter((o) => o.type === "ok").sort((x, y) => effectiveInvoke(c, x) - effectiveInvoke(c, y));
   const byComplete = [...oks].sort((x, y) => x.complete - y.complete);
   const versionMax = new Map<string, { version: number; op: Op }>();
   let positionMax: { position: number; op: Op } | undefined;
   let j = 0;
   for (const b of oks) {
     // Bounded: j only moves forward over byComplete.
-    while (j < byComplete.length && byComplete[j]!.complete < b.invoke) {
+    while (j < byComplete.length && byComplete[j]!.complete < effectiveInvoke(c, b)) {
       const done = byComplete[j++]!;
       const dv = done.value as AppendValue;
       const dr = done.result as AppendResult;

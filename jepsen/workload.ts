@@ -6,7 +6,8 @@
  *
  * A process whose operation ended `info` (unknown outcome) is retired: its slot continues under
  * a new process number, as Jepsen does, so "one process, one operation at a time" holds in the
- * history. Streams hold at most STREAM_EVENTS_MAX events; then a new stream takes the place of
+ * history. Half the time the new process sends the same request again (same request id, events
+ * and expected version), which tests request-id deduplication across failures. Streams hold at most STREAM_EVENTS_MAX events; then a new stream takes the place of
  * the full one, so re-reading a stream stays cheap.
  */
 
@@ -47,6 +48,9 @@ const READ_SHARE = 0.32;
 const QUERY_SHARE = 0.08;
 /** Of appends: with an exact expected version, or expecting no stream when the stream looks new. */
 const EXPECTED_EXACT_PROBABILITY = 0.25;
+/** After an unknown outcome: the chance that the same request is sent again, and how many more times at most. */
+const RETRY_AFTER_INFO_PROBABILITY = 0.5;
+const RETRIES_PER_REQUEST_MAX = 2;
 /** Of reads: LINEARIZABLE (the rest LOCAL), and of a retired stream (re-reading old data). */
 const LINEARIZABLE_PROBABILITY = 0.6;
 const RETIRED_READ_PROBABILITY = 0.1;
@@ -202,8 +206,22 @@ export class Workload {
     const head = this.heads.get(key);
     let expected: Expected = "any";
     if (this.rng.chance(EXPECTED_EXACT_PROBABILITY)) expected = head === undefined ? "no-stream" : head;
-    const requestId = `r-${slot.process}-${slot.seq}`;
-    const value: AppendValue = { tenant, stream, events, expected, requestId };
+    const value: AppendValue = { tenant, stream, events, expected, requestId: `r-${slot.process}-${slot.seq}` };
+    // Bounded: RETRIES_PER_REQUEST_MAX more tries of one request after an unknown outcome.
+    for (let attempt = 0; attempt <= RETRIES_PER_REQUEST_MAX; attempt++) {
+      const outcome = await this.appendOnce(slot, node, value);
+      if (outcome !== "info" || !this.rng.chance(RETRY_AFTER_INFO_PROBABILITY)) return;
+    }
+  }
+
+  /**
+   * One append operation. After an unknown outcome the slot's process is retired; the caller may
+   * send the same request again (same request id, events and expected version) as the next
+   * process: the server must answer with the first try's result if it took effect, so the events
+   * exist at most once either way.
+   */
+  private async appendOnce(slot: Slot, node: JepsenNode, value: AppendValue): Promise<"ok" | "fail" | "info"> {
+    const { tenant, stream, events, expected, requestId } = value;
     const process = slot.process;
     const id = this.history.invoke(process, node.id, node.generation, "append", value);
     let r: ClientAppendResult;
@@ -216,13 +234,14 @@ export class Workload {
       const c = classifyAppendError(e);
       this.history.complete(id, process, node.id, "append", c.type, { error: c.error });
       if (c.type === "info") slot.process = this.nextProcess++;
-      return;
+      return c.type;
     }
     const result: AppendResult = {
       firstVersion: r.firstVersion, lastVersion: r.lastVersion, firstPosition: r.firstPosition, lastPosition: r.lastPosition, deduplicated: r.deduplicated,
     };
     this.history.complete(id, process, node.id, "append", "ok", { result });
     this.noteHead(tenant, stream, r.lastVersion);
+    return "ok";
   }
 
   private async read(slot: Slot, node: JepsenNode, tenant: string): Promise<void> {

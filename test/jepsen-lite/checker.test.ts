@@ -13,11 +13,11 @@ class H {
   readonly lines: HistoryLine[] = [];
   private nextId = 1;
 
-  append(o: { process?: number; node?: number; stream?: string; events: string[]; expected?: Expected; at: [number, number]; ok?: AppendResult; fail?: string; info?: boolean }): this {
+  append(o: { process?: number; node?: number; stream?: string; events: string[]; expected?: Expected; at: [number, number]; ok?: AppendResult; fail?: string; info?: boolean; requestId?: string }): this {
     const id = this.nextId++;
     const process = o.process ?? id;
     const node = o.node ?? 1;
-    this.lines.push({ type: "invoke", id, process, node, gen: 0, f: "append", time: o.at[0], value: { tenant: T, stream: o.stream ?? "s", events: o.events, expected: o.expected ?? "any", requestId: `r${id}` } });
+    this.lines.push({ type: "invoke", id, process, node, gen: 0, f: "append", time: o.at[0], value: { tenant: T, stream: o.stream ?? "s", events: o.events, expected: o.expected ?? "any", requestId: o.requestId ?? `r${id}` } });
     if (o.ok !== undefined) this.lines.push({ type: "ok", id, process, node, f: "append", time: o.at[1], result: o.ok });
     else if (o.fail !== undefined) this.lines.push({ type: "fail", id, process, node, f: "append", time: o.at[1], error: { code: o.fail, message: o.fail } });
     else if (o.info === true) this.lines.push({ type: "info", id, process, node, f: "append", time: o.at[1], error: { code: "UNAVAILABLE", message: "timeout" } });
@@ -101,6 +101,33 @@ describe("the jepsen-lite checker", () => {
     const r = check(h.lines, finalOf([...GOOD_FINAL, [13, "s", 3, "d0"]]));
     expect(r.valid, JSON.stringify(r.anomalies)).toBe(true);
     expect(r.info).toBe(2);
+  });
+
+  it("passes a request sent again after an unknown outcome, answered from its first try (deduplicated)", () => {
+    // d0's first try times out; meanwhile e0 completes; the retry (same request id) is answered
+    // with the first try's result, which took effect before e0: not a real-time order violation.
+    const h = good()
+      .append({ events: ["d0"], requestId: "rd", at: [50, 60], info: true })
+      .append({ events: ["e0"], at: [52, 58], ok: ok(4, 4, 14, 14) })
+      .append({ events: ["d0"], requestId: "rd", at: [61, 62], ok: { ...ok(3, 3, 13, 13), deduplicated: true } });
+    const r = check(h.lines, finalOf([...GOOD_FINAL, [13, "s", 3, "d0"], [14, "s", 4, "e0"]]));
+    expect(r.valid, JSON.stringify(r.anomalies)).toBe(true);
+  });
+
+  it("passes a retry that proposed nothing while its first try, unknown, did take effect", () => {
+    const h = good()
+      .append({ events: ["d0"], requestId: "rd", at: [50, 60], info: true })
+      .append({ events: ["d0"], requestId: "rd", at: [61, 62], fail: "UNAVAILABLE" });
+    const r = check(h.lines, finalOf([...GOOD_FINAL, [13, "s", 3, "d0"]]));
+    expect(r.valid, JSON.stringify(r.anomalies)).toBe(true);
+  });
+
+  it("aborted_read: a request refused on a retry (decided) whose first try's events show up anyway", () => {
+    const h = good()
+      .append({ events: ["d0"], requestId: "rd", expected: 2, at: [50, 60], info: true })
+      .append({ events: ["e0"], at: [61, 62], ok: ok(3, 3, 13, 13) })
+      .append({ events: ["d0"], requestId: "rd", expected: 2, at: [63, 64], fail: "FAILED_PRECONDITION" });
+    expectOnly(check(h.lines, finalOf([...GOOD_FINAL, [13, "s", 3, "e0"], [14, "s", 4, "d0"]])), "aborted_read", "event of a failed append");
   });
 
   it("lost: an acknowledged append missing from the final log", () => {
