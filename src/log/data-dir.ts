@@ -14,6 +14,8 @@
 
 import { randomUUID } from "node:crypto";
 import { posix as pathPosix } from "node:path";
+import type { AtRestEncryption } from "../crypto/at-rest.js";
+import type { KeyProvider } from "../crypto/kms.js";
 import { FailedPreconditionError } from "../errors.js";
 import { DirLock } from "./dir-lock.js";
 import type { FileSystem } from "./fs-port.js";
@@ -36,6 +38,13 @@ export interface DataDirOptions {
   syncMode?: SyncMode;
   verifyOnOpen?: boolean;
   logger?: LogSink;
+  /**
+   * At-rest encryption (`[encryption] enabled = true`): the provider from openKeyProvider, already
+   * checked. DataDir.open binds it to meta/state.json's cluster id (`dir.encryption`). The caller
+   * keeps ownership: DataDir.close does not close it. Undefined: nothing new is encrypted (existing
+   * encrypted segments then cannot be read, and opening says so).
+   */
+  keyProvider?: KeyProvider;
 }
 
 export const DATA_DIR_SUBDIRS = ["log", "projections", "meta", "wal"] as const;
@@ -47,6 +56,12 @@ export class DataDir {
     private metaState: MetaState,
     readonly log: SegmentedLog,
     private readonly lock: DirLock | undefined,
+    /**
+     * The key provider bound to this directory's cluster id, or undefined when encryption is off.
+     * Everything that writes files under the data directory (log, event index, projections, query
+     * workers) takes its keys from here, with contextFor(dir.encryption, fileIdentity).
+     */
+    readonly encryption: AtRestEncryption | undefined,
   ) {}
 
   get meta(): Readonly<MetaState> {
@@ -87,6 +102,8 @@ export class DataDir {
             "start this node with --node-id " + meta.nodeId + ", or give node " + options.nodeId + " its own --data-dir",
         );
       }
+      const encryption: AtRestEncryption | undefined =
+        options.keyProvider === undefined ? undefined : { provider: options.keyProvider, clusterId: meta.clusterId };
       const log = await SegmentedLog.open({
         dir: pathPosix.join(root, "log"),
         fs,
@@ -98,7 +115,7 @@ export class DataDir {
         displayPrefix: "log/",
         logger: options.logger,
       });
-      return new DataDir(root, fs, meta, log, lock);
+      return new DataDir(root, fs, meta, log, lock, encryption);
     } catch (e) {
       lock?.release();
       throw e;
