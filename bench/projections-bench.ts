@@ -17,7 +17,7 @@ import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
 import * as net from "node:net";
 import { tmpdir, cpus, loadavg } from "node:os";
 import { join } from "node:path";
-import Database from "better-sqlite3";
+import Database from "better-sqlite3-multiple-ciphers";
 import { VerityClient } from "../src/client/verity-client.js";
 import { AdminApi } from "../src/client/admin-client.js";
 

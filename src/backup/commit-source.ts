@@ -21,7 +21,7 @@
 
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import Database from "better-sqlite3";
+import Database from "better-sqlite3-multiple-ciphers";
 import { AdminApi, type ClientTlsFiles } from "../client/admin-client.js";
 import { ErrorCode, FailedPreconditionError, VerityError } from "../errors.js";
 

@@ -21,7 +21,7 @@
 import { copyFileSync, existsSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import Database from "better-sqlite3";
+import Database from "better-sqlite3-multiple-ciphers";
 import { FailedPreconditionError, invariant } from "../errors.js";
 import type { FileSystem } from "../log/fs-port.js";
 import { hasSyscallCode } from "../log/fs-port.js";

@@ -15,7 +15,7 @@
 
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import Database from "better-sqlite3";
+import Database from "better-sqlite3-multiple-ciphers";
 import { REQUEST_IDS_PER_TENANT_MAX } from "../limits.js";
 import { FailedPreconditionError, invariant } from "../errors.js";
 import type { BatchOutcome, Decision, EventStateView } from "./apply-events.js";

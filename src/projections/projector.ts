@@ -22,7 +22,7 @@
 import { createHash } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import Database from "better-sqlite3";
+import Database from "better-sqlite3-multiple-ciphers";
 import { ErrorCode, NotFoundError, VerityError, invariant } from "../errors.js";
 import type { EventStore, IndexedEvent } from "./event-store.js";
 import { bindParams, checkDefinition, compileHandler, type CompiledHandler, type ProjectionDefinition } from "./projection-definition.js";

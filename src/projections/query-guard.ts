@@ -17,7 +17,7 @@
  * not a SELECT), PERMISSION_DENIED for what a query may never do (write, ATTACH, PRAGMA, extensions).
  */
 
-import type Database from "better-sqlite3";
+import type Database from "better-sqlite3-multiple-ciphers";
 import { ErrorCode, VerityError } from "../errors.js";
 import { QUERY_SQL_BYTES_MAX } from "./query-limits.js";
 

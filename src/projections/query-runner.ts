@@ -18,7 +18,7 @@
  */
 
 import { statSync } from "node:fs";
-import Database from "better-sqlite3";
+import Database from "better-sqlite3-multiple-ciphers";
 import { ErrorCode, VerityError, invariant } from "../errors.js";
 import { prepareQuery, queryErrorOf } from "./query-guard.js";
 import { QUERY_CONNECTIONS_MAX, QUERY_RESULT_BYTES_MAX } from "./query-limits.js";

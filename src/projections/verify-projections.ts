@@ -8,7 +8,7 @@
 import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import Database from "better-sqlite3";
+import Database from "better-sqlite3-multiple-ciphers";
 import { dumpLog } from "../log/offline.js";
 import type { FileSystem } from "../log/fs-port.js";
 import { RecordKind } from "../log/types.js";
