@@ -852,8 +852,26 @@ export class RaftCore {
   }
 
   private handleHeartbeat(message: Heartbeat): void {
-    this.commitTo(Math.min(message.commit, this.log.lastIndex) as LogIndex);
+    const lastIndex = this.log.lastIndex;
+    this.commitTo(Math.min(message.commit, lastIndex) as LogIndex);
     this.send({ type: "HEARTBEAT_RESPONSE", from: this.id, to: message.from, term: this.term, readRound: message.readRound });
+    // A heartbeat's commit is never past what this node acknowledged. A log ending below it lost
+    // entries (a wiped or restored data directory): say where it ends, as a rejection would, so the
+    // leader probes from there. Without this an idle leader, with nothing new to send, sends only
+    // heartbeats and the node is never brought back until the next write (jepsen-lite bug 2b).
+    if (message.commit > lastIndex) {
+      this.event(`${this.id} holds entries only up to ${lastIndex}, below the commit ${message.commit} its leader ${message.from} believes it acknowledged: it lost entries`);
+      this.send({
+        type: "APPEND_RESPONSE",
+        from: this.id,
+        to: message.from,
+        term: this.term,
+        success: false,
+        rejectedPrevIndex: message.commit,
+        conflictTerm: 0 as Term,
+        conflictIndex: (lastIndex + 1) as LogIndex,
+      });
+    }
   }
 
   // =================================================================== leader: replication

@@ -24,7 +24,7 @@ import { RaftDriver } from "../consensus/driver.js";
 import { startStateFromDisk } from "../consensus/driver-start.js";
 import { Xoshiro128StarStar } from "../consensus/prng.js";
 import { Role, type MembershipConfig } from "../consensus/types.js";
-import { encodeConfig, membershipConfig } from "../consensus/membership.js";
+import { decodeConfig, encodeConfig, membershipConfig } from "../consensus/membership.js";
 import { RecordKind } from "../log/types.js";
 import type { DataDir } from "../log/data-dir.js";
 import { ErrorCode, FailedPreconditionError, VerityError } from "../errors.js";
@@ -36,7 +36,7 @@ import { ADMIN_SERVICE, AdminError, adminHandlers, type AdminTarget } from "./ad
 import { HealthImplementation } from "grpc-health-check";
 import type { MembershipChange } from "../consensus/types.js";
 import type { LogStoragePort } from "../consensus/driver.js";
-import { PeerTransport, discoverClusterId } from "./peer-transport.js";
+import { PeerTransport, askPeersForCluster, discoverClusterId } from "./peer-transport.js";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { formatHostPort } from "./setting-values.js";
@@ -85,6 +85,8 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
   /** Members to make voters again once caught up, after --force-recover (this process only). */
   private readonly promoteAfterRecovery = new Set<number>();
   private promoting = false;
+  /** Members of the latest configuration this node applied (or started with): whose links it keeps. */
+  private members = new Set<NodeId>();
   private readonly lastSeen = new Map<number, number>();
   private peerAuthFailuresCounted = 0;
   /** Called when the node can no longer run (the driver stopped on a failure). */
@@ -146,7 +148,21 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
    */
   static async clusterIdForDataDir(settings: Settings, abort: AbortSignal | undefined, logger: Logger): Promise<string | undefined> {
     if (existsSync(join(settings.storage.dataDir, "meta", "state.json"))) return undefined;
-    if (!settings.join) return VerityNode.clusterIdFor(settings);
+    if (!settings.join) {
+      const derived = VerityNode.clusterIdFor(settings);
+      if (derived === undefined) return undefined;
+      // A member restarted with an empty data directory (the guide's Single Node Failure) must take
+      // the cluster's id from its peers: the one its own --cluster-peers derive differs once the
+      // membership has changed (jepsen-lite bug 3). A peer holding a log speaks for a formed
+      // cluster; when none does (all new, or none reachable), this node is forming one.
+      const round = await askPeersForCluster(settings.clusterPeers.map(formatHostPort), loadTls(settings), settings.security.nodes, abort, () => {});
+      if (round.cluster === undefined) return derived;
+      logger.info(
+        { cluster_id: round.cluster.clusterId, peer: round.cluster.address, peer_last_index: round.cluster.lastIndex },
+        "new data directory, and a peer holds a log: rejoining its cluster (it syncs from the leader before it votes)",
+      );
+      return round.cluster.clusterId;
+    }
     let warned = false;
     const id = await discoverClusterId(settings.clusterPeers.map(formatHostPort), loadTls(settings), settings.security.nodes, abort, (why) => {
       if (!warned) logger.warn({ reason: why }, "joining: no peer has answered yet; retrying (check --cluster-peers)");
@@ -352,6 +368,18 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
     );
   }
 
+  /**
+   * A committed configuration: links to members it removed are closed and not dialed again (their
+   * processes may run on, redialing us), and members it has are dialed back when they call.
+   */
+  private onMembershipCommitted(config: MembershipConfig): void {
+    const now = new Set<NodeId>([...config.voters, ...config.learners]);
+    const self = this.dir.meta.nodeId as NodeId;
+    for (const id of this.members) if (!now.has(id) && id !== self) this.transport.removePeer(id);
+    for (const id of now) this.transport.forgetRemoval(id);
+    this.members = now;
+  }
+
   /** After --force-recover: promotes the old members back to voters, one at a time, once caught up. */
   private promoteRecoveredMembers(): void {
     const d = this.driver;
@@ -386,6 +414,8 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
       },
       await startStateFromDisk(this.dir, bootstrap, this.stateMachine.store.appliedPosition),
     );
+    const startConfig = core.currentConfig();
+    this.members = new Set([...startConfig.voters, ...startConfig.learners]);
     const m = this.metrics;
     this.driver = new RaftDriver(core, {
       log: measuredLog(this.dir.log, m),
@@ -411,6 +441,7 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
       }),
       stateMachine: {
         apply: (entries) => {
+          for (const e of entries) if (e.kind === RecordKind.MEMBERSHIP) this.onMembershipCommitted(decodeConfig(e.payload));
           this.stateMachine.apply(entries);
           m.commits.inc(entries.length);
           m.appliedPosition.set(this.applied);

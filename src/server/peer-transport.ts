@@ -241,6 +241,8 @@ export class PeerTransport implements TransportPort {
   private readonly server = new grpc.Server();
   private readonly links = new Map<string, PeerLink>();
   private readonly byId = new Map<NodeId, PeerLink>();
+  /** Nodes removed from the membership: not dialed back when they call (bounded, oldest forgotten first). */
+  private readonly removed = new Set<NodeId>();
   private boundAddress = "";
 
   constructor(private readonly options: PeerTransportOptions) {
@@ -290,6 +292,28 @@ export class PeerTransport implements TransportPort {
   /** The address this node dials a peer at, when it has a link to it. */
   addressOf(id: NodeId): string | undefined {
     return this.byId.get(id)?.address;
+  }
+
+  /**
+   * Stops dialing a node removed from the membership, and does not dial it back when it calls
+   * (jepsen-lite bug 4: links to removed members were kept and redialed forever, and counted
+   * against CLUSTER_NODES_MAX until new members could no longer be dialed). Adding its address
+   * again (`member add`) clears the mark.
+   */
+  removePeer(id: NodeId): void {
+    const link = this.byId.get(id) ?? [...this.links.values()].find((l) => l.peerId === id);
+    if (this.removed.size >= CLUSTER_REMOVED_IDS_MAX) this.removed.delete(this.removed.values().next().value!);
+    this.removed.add(id);
+    if (link === undefined) return;
+    this.byId.delete(id);
+    this.links.delete(link.address);
+    link.close();
+    this.log("info", { peer: link.address, peer_id: id }, "peer removed from the cluster; link closed");
+  }
+
+  /** A member again (added back with the same id): dialed back when it calls, as any member. */
+  forgetRemoval(id: NodeId): void {
+    this.removed.delete(id);
   }
 
   /** Starts dialing a peer address (for members added while running). */
@@ -390,6 +414,7 @@ export class PeerTransport implements TransportPort {
     const id = link.peerId!;
     const previous = this.byId.get(id);
     if (previous !== undefined && previous !== link) previous.close();
+    this.removed.delete(id); // dialed on purpose (added again)
     this.byId.set(id, link);
     this.log("info", { peer: link.address, peer_id: id }, "peer link up");
   }
@@ -443,7 +468,7 @@ export class PeerTransport implements TransportPort {
       return;
     }
     // A node we do not dial yet (a new member) is dialed back at the address it gave.
-    if (req.clusterAddress !== "" && !this.byId.has(req.nodeId as NodeId)) this.addPeer(req.clusterAddress);
+    if (req.clusterAddress !== "" && !this.byId.has(req.nodeId as NodeId) && !this.removed.has(req.nodeId as NodeId)) this.addPeer(req.clusterAddress);
     cb(null, this.hello());
   }
 
@@ -535,6 +560,9 @@ export function linkCredentials(tls: { cert: Buffer; key: Buffer; ca: Buffer } |
   });
 }
 
+/** Removed node ids remembered so they are not dialed back (more than any cluster sees in a run). */
+const CLUSTER_REMOVED_IDS_MAX = 1024;
+
 /** How often a joining node asks its peers for the cluster id. */
 export const DISCOVERY_RETRY_MS = 500;
 
@@ -549,21 +577,50 @@ export async function discoverClusterId(
   abort: AbortSignal | undefined,
   onRetry: (why: string) => void,
 ): Promise<string> {
-  const credentials = linkCredentials(tls, nodeIdentities);
   // Bounded by `abort`: a joining node waits for its cluster as long as the operator lets it.
   for (let attempt = 0; ; attempt++) {
-    for (const address of peers) {
-      if (abort?.aborted === true) throw new Error("stopped while looking for the cluster to join");
-      const client = new PeerClient(address, credentials) as PeerClientInstance;
-      const answer = await new Promise<Hello | undefined>((resolve) => {
-        client.hello({ nodeId: 0, clusterId: "", clusterAddress: "" }, { deadline: new Date(Date.now() + PEER_HELLO_TIMEOUT_MS) }, (err, res) => {
-          if (err !== null) onRetry(`${address}: ${err.details || err.message}`);
-          resolve(err === null ? res : undefined);
-        });
-      });
-      client.close();
-      if (answer !== undefined && answer.clusterId !== "") return answer.clusterId;
-    }
+    const found = await askPeersForCluster(peers, tls, nodeIdentities, abort, onRetry);
+    if (found.cluster !== undefined) return found.cluster.clusterId;
     await new Promise((r) => setTimeout(r, Math.min(DISCOVERY_RETRY_MS * (attempt + 1), PEER_REDIAL_DELAY_MS_MAX)));
   }
+}
+
+/** What one round of discovery Hellos found. */
+export interface DiscoveryRound {
+  /** The first peer that answered holding a log: a formed cluster (a forming node answers with last index 0). */
+  readonly cluster: { readonly clusterId: string; readonly address: string; readonly lastIndex: number } | undefined;
+  /** How many peers answered at all. */
+  readonly answered: number;
+}
+
+/**
+ * Asks each peer once, in order, which cluster it is in. Only a peer holding a log speaks for a
+ * cluster: a node still forming one (or waiting to join) answers with the id it would use and last
+ * index 0, which is not yet a cluster anyone can join.
+ */
+export async function askPeersForCluster(
+  peers: readonly string[],
+  tls: { cert: Buffer; key: Buffer; ca: Buffer } | undefined,
+  nodeIdentities: readonly string[],
+  abort: AbortSignal | undefined,
+  onRetry: (why: string) => void,
+): Promise<DiscoveryRound> {
+  const credentials = linkCredentials(tls, nodeIdentities);
+  let answered = 0;
+  for (const address of peers) {
+    if (abort?.aborted === true) throw new Error("stopped while looking for the cluster of --cluster-peers");
+    const client = new PeerClient(address, credentials) as PeerClientInstance;
+    const answer = await new Promise<Hello | undefined>((resolve) => {
+      client.hello({ nodeId: 0, clusterId: "", clusterAddress: "" }, { deadline: new Date(Date.now() + PEER_HELLO_TIMEOUT_MS) }, (err, res) => {
+        if (err !== null) onRetry(`${address}: ${err.details || err.message}`);
+        resolve(err === null ? res : undefined);
+      });
+    });
+    client.close();
+    if (answer === undefined) continue;
+    answered++;
+    const lastIndex = answer.lastIndex ?? 0;
+    if (answer.clusterId !== "" && lastIndex > 0) return { cluster: { clusterId: answer.clusterId, address, lastIndex }, answered };
+  }
+  return { cluster: undefined, answered };
 }

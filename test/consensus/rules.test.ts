@@ -135,6 +135,19 @@ describe("a follower that lost its log", () => {
     expect([...appends.map((m) => m.prevIndex + 1), ...ready.fetches.map((f) => f.from)]).toContain(1);
     expect(core.status().commit).toBe(5); // the commit index never moves back
   });
+
+  it("says so on a heartbeat whose commit it does not hold, so an idle leader probes it (jepsen-lite bug 2b)", () => {
+    const follower = coreWithLog(3, [], 0);
+    follower.step({ type: "HEARTBEAT", from: nid(1), to: nid(3), term: trm(2), commit: idx(5), readRound: 0 });
+    const sent = follower.ready().messages.filter((m) => m.to === 1);
+    expect(sent).toContainEqual(expect.objectContaining({ type: "HEARTBEAT_RESPONSE" }));
+    expect(sent).toContainEqual(expect.objectContaining({ type: "APPEND_RESPONSE", success: false, conflictTerm: 0, conflictIndex: 1 }));
+    // A follower holding what the heartbeat commits answers with the heartbeat response only.
+    const whole = coreWithLog(3, [1, 1, 1, 1, 1], 0);
+    whole.step({ type: "HEARTBEAT", from: nid(1), to: nid(3), term: trm(2), commit: idx(5), readRound: 0 });
+    expect(whole.ready().messages.filter((m) => m.type === "APPEND_RESPONSE")).toEqual([]);
+    expect(whole.status().commit).toBe(5);
+  });
 });
 
 describe("commit rule", () => {
