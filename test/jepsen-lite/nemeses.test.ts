@@ -18,14 +18,7 @@ import type { NemesisName } from "../../jepsen/nemesis.js";
 import { runJepsen } from "../../jepsen/run.js";
 
 const KNOWN_SERVER_BUGS: Record<string, string> = {
-  // Bugs 1 and 2 are fixed (abf2211, 2bec86d; regression tests in server-bugs.test.ts). They stay
-  // listed until a full run of these nemeses confirms it, so an unconfirmed fix cannot fail CI.
-  "query rows do not match the position it reports":
-    "bug 1 (fixed in abf2211, awaiting confirmation): Query reported a position read before the query ran",
-  "wiped node never caught up":
-    "bug 2 (fixed in 2bec86d, awaiting confirmation): a node restarted empty was never caught up while the leader remembered its match",
-  "wiped node never rejoined":
-    "bug 3: a node restarted empty with its old id derives a cluster id from its own --cluster-peers, which differs from the cluster's once membership changed or when it joined later (src/server/node.ts, clusterIdForDataDir); its peers refuse it and it waits forever",
+  // Empty: bugs 1 to 4 are fixed (docs/jepsen.md, "Bugs found"; regression tests in server-bugs.test.ts).
 };
 
 /** Seconds of workload under faults per run, and its rate: short, so all six fit the suite's budget. */
