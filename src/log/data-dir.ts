@@ -114,6 +114,7 @@ export class DataDir {
         verifyOnOpen: options.verifyOnOpen,
         displayPrefix: "log/",
         logger: options.logger,
+        encryption,
       });
       return new DataDir(root, fs, meta, log, lock, encryption);
     } catch (e) {

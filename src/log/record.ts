@@ -12,9 +12,22 @@
  *   26+t    p     payload    1..max_record_size bytes
  *
  * The checksum covers the length, so a damaged length cannot make a reader skip or invent records.
+ *
+ * In an encrypted segment (header algorithm 1) the frame is the same with the payload sealed:
+ *
+ *   26+t    12    nonce      random, fresh for every write (a rewritten index gets a new one)
+ *   38+t    p     ciphertext of the payload (AES-256-GCM under the segment's data key)
+ *   38+t+p  16    tag        authenticates the payload with cluster, segment, index, term, kind, tenant
+ *
+ * bodyLength counts the sealed payload (18 + t + 12 + p + 16), and the CRC covers the whole frame,
+ * ciphertext included, so torn-tail detection and `log verify` need no keys; a read checks the CRC
+ * first, then authenticates (src/crypto/record-cipher.ts). The tenant id stays in the clear.
  */
 
 import { crc32c } from "@node-rs/crc32";
+import { RECORD_SEAL_OVERHEAD_BYTES } from "../crypto/crypto-limits.js";
+import type { SegmentRecordCipher } from "../crypto/record-cipher.js";
+import { invariant } from "../errors.js";
 import { RECORD_FRAME_HEADER_BYTES, TENANT_ID_BYTES_MAX } from "../limits.js";
 import type { LogEntry, LogIndex, RecordKindByte, Term } from "./types.js";
 
@@ -27,6 +40,11 @@ const TWO_POW_32 = 2 ** 32;
 /** Bytes a record takes on disk. */
 export function frameBytes(tenantBytes: number, payloadBytes: number): number {
   return RECORD_FRAME_HEADER_BYTES + tenantBytes + payloadBytes;
+}
+
+/** Bytes an encrypted record takes on disk: its frame plus the nonce and tag. */
+export function sealedFrameBytes(tenantBytes: number, payloadBytes: number): number {
+  return frameBytes(tenantBytes, payloadBytes) + RECORD_SEAL_OVERHEAD_BYTES;
 }
 
 function writeU64(buf: Buffer, value: number, offset: number): void {
@@ -67,6 +85,33 @@ export function encodeFrame(
   out.set(tenant, offset + 26);
   out.set(payload, offset + 26 + tenant.length);
   const end = offset + 8 + bodyLength;
+  out.writeUInt32LE(crc32c(out.subarray(offset + 4, end)), offset);
+  return end;
+}
+
+/**
+ * Like `encodeFrame`, with the payload sealed by the segment's cipher straight into `out` (no copy
+ * of the plaintext is made). The caller reserved sealedFrameBytes(tenant, payload) bytes.
+ */
+export function encodeSealedFrame(
+  out: Buffer,
+  offset: number,
+  entryTerm: number,
+  entryIndex: number,
+  kind: number,
+  tenant: Uint8Array,
+  payload: Uint8Array,
+  cipher: SegmentRecordCipher,
+): number {
+  const bodyLength = BODY_FIXED_BYTES + tenant.length + payload.length + RECORD_SEAL_OVERHEAD_BYTES;
+  out.writeUInt32LE(bodyLength, offset + 4);
+  writeU64(out, entryTerm, offset + 8);
+  writeU64(out, entryIndex, offset + 16);
+  out[offset + 24] = kind;
+  out[offset + 25] = tenant.length;
+  out.set(tenant, offset + 26);
+  const end = cipher.sealInto({ index: entryIndex, term: entryTerm, kind, tenant }, [payload], out, offset + 26 + tenant.length);
+  invariant(end === offset + 8 + bodyLength, "sealed frame length");
   out.writeUInt32LE(crc32c(out.subarray(offset + 4, end)), offset);
   return end;
 }
@@ -166,6 +211,35 @@ export function decodeFrame(buf: Uint8Array, offset: number, end: number, limits
     payload: Buffer.from(buf.subarray(payloadStart, offset + info.frameBytes)),
   };
   return { status: "ok", entry, frameBytes: info.frameBytes };
+}
+
+/**
+ * Like `decodeFrame` for a frame of an encrypted segment: structure and CRC first, then the payload
+ * is opened by the segment's cipher. A record that does not authenticate (tampered, moved, wrong
+ * key) throws the cipher's CorruptionError naming `file`, the frame's `fileOffset` and its index.
+ */
+export function decodeSealedFrame(
+  buf: Uint8Array,
+  offset: number,
+  end: number,
+  limits: DecodeLimits,
+  cipher: SegmentRecordCipher,
+  at: { file: string; fileOffset: number },
+): DecodeResult {
+  const info = inspectFrame(buf, offset, end, limits);
+  if (info.status !== "ok") return info;
+  const tenantBytes = buf.subarray(offset + 26, offset + 26 + info.tenantLength);
+  let tenant: string;
+  try {
+    tenant = info.tenantLength === 0 ? "" : decoder.decode(tenantBytes);
+  } catch {
+    return { status: "invalid", reason: "tenant id is not UTF-8" };
+  }
+  const sealed = buf.subarray(offset + 26 + info.tenantLength, offset + info.frameBytes);
+  const payload = cipher.open({ index: info.index, term: info.term, kind: info.kind, tenant: tenantBytes }, sealed, {
+    file: at.file, offset: at.fileOffset,
+  });
+  return { status: "ok", entry: { term: info.term, index: info.index, kind: info.kind, tenant, payload }, frameBytes: info.frameBytes };
 }
 
 /** Reads only the index field of a frame (for resynchronising after damage). */

@@ -15,8 +15,14 @@
  *   46      2     reserved
  *   48      160   key id (the KMS key that wrapped the data key)
  *   208     256   wrapped data key
- *   464     44    reserved, zero
+ *   464     1     key version label length (0: none)
+ *   465     43    key version label: which version of the KMS key wrapped the data key (the local key
+ *                 file's version number, an AWS key material id cut to 40 characters + "..."),
+ *                 for `verity-admin encryption status`; informational, never trusted for unwrapping
  *   508     4     CRC32C of bytes [0, 508)
+ *
+ * Headers written before at-rest encryption hold zeros at 40..508: algorithm 0, no key, no label.
+ * Re-wrapping (key rotation) rewrites only the key id, wrapped key and label (log/rewrap.intent).
  */
 
 import { crc32c } from "@node-rs/crc32";
@@ -38,13 +44,36 @@ export interface SegmentHeader {
   clusterId: Uint8Array;
   /** Index of the first record this segment holds (or will hold). */
   baseIndex: LogIndex;
-  /** Reserved for at-rest encryption: the algorithm, the KMS key id, the wrapped data key. */
-  encryption: { algorithm: EncryptionAlgorithm; keyId: Uint8Array; wrappedKey: Uint8Array };
+  /**
+   * At-rest encryption: the algorithm, the KMS key id (UTF-8), the wrapped data key and the key
+   * version label (see `keyVersionLabel`; absent in plaintext segments and in headers that predate it).
+   */
+  encryption: { algorithm: EncryptionAlgorithm; keyId: Uint8Array; wrappedKey: Uint8Array; keyVersion?: string };
 }
 
 const KEY_ID_OFFSET = 48;
 const WRAPPED_KEY_OFFSET = KEY_ID_OFFSET + SEGMENT_KEY_ID_BYTES_MAX;
+const KEY_VERSION_OFFSET = WRAPPED_KEY_OFFSET + SEGMENT_WRAPPED_KEY_BYTES_MAX;
+/** Room for the key version label in the header. */
+export const KEY_VERSION_LABEL_BYTES_MAX = 43;
 const CRC_OFFSET = SEGMENT_HEADER_BYTES - 4;
+
+/** A header's offset of the wrapped data key (named by errors about it). */
+export const SEGMENT_WRAPPED_KEY_OFFSET = WRAPPED_KEY_OFFSET;
+
+/**
+ * The key version as stored in a header: printable ASCII, at most KEY_VERSION_LABEL_BYTES_MAX bytes
+ * (longer versions, such as AWS key material ids, keep their first 40 characters and "...").
+ */
+export function keyVersionLabel(version: string): string {
+  const printable = version.replace(/[^\x20-\x7e]/g, "?");
+  return printable.length <= KEY_VERSION_LABEL_BYTES_MAX ? printable : printable.slice(0, KEY_VERSION_LABEL_BYTES_MAX - 3) + "...";
+}
+
+/** The plaintext segment's (algorithm 0) encryption fields. */
+export function plaintextEncryption(): SegmentHeader["encryption"] {
+  return { algorithm: EncryptionAlgorithm.NONE, keyId: new Uint8Array(0), wrappedKey: new Uint8Array(0) };
+}
 
 export function encodeSegmentHeader(header: SegmentHeader): Buffer {
   const { keyId, wrappedKey } = header.encryption;
@@ -64,6 +93,9 @@ export function encodeSegmentHeader(header: SegmentHeader): Buffer {
   buf.writeUInt16LE(wrappedKey.length, 44);
   buf.set(keyId, KEY_ID_OFFSET);
   buf.set(wrappedKey, WRAPPED_KEY_OFFSET);
+  const label = Buffer.from(keyVersionLabel(header.encryption.keyVersion ?? ""), "latin1");
+  buf[KEY_VERSION_OFFSET] = label.length;
+  label.copy(buf, KEY_VERSION_OFFSET + 1);
   buf.writeUInt32LE(crc32c(buf.subarray(0, CRC_OFFSET)), CRC_OFFSET);
   return buf;
 }
@@ -90,7 +122,9 @@ export function decodeSegmentHeader(buf: Uint8Array): HeaderDecodeResult {
   const keyIdLength = view.readUInt16LE(42);
   const wrappedKeyLength = view.readUInt16LE(44);
   const algorithm = view[40]!;
-  if (keyIdLength > SEGMENT_KEY_ID_BYTES_MAX || wrappedKeyLength > SEGMENT_WRAPPED_KEY_BYTES_MAX || algorithm > 1) {
+  const labelLength = view[KEY_VERSION_OFFSET]!;
+  if (keyIdLength > SEGMENT_KEY_ID_BYTES_MAX || wrappedKeyLength > SEGMENT_WRAPPED_KEY_BYTES_MAX || algorithm > 1 ||
+      labelLength > KEY_VERSION_LABEL_BYTES_MAX || (algorithm === 1 && (keyIdLength === 0 || wrappedKeyLength === 0))) {
     return { ok: false, reason: "segment header encryption fields out of range" };
   }
   const baseIndex = readU64(view, 32);
@@ -105,6 +139,7 @@ export function decodeSegmentHeader(buf: Uint8Array): HeaderDecodeResult {
         algorithm: algorithm as EncryptionAlgorithm,
         keyId: Uint8Array.prototype.slice.call(view, KEY_ID_OFFSET, KEY_ID_OFFSET + keyIdLength),
         wrappedKey: Uint8Array.prototype.slice.call(view, WRAPPED_KEY_OFFSET, WRAPPED_KEY_OFFSET + wrappedKeyLength),
+        ...(labelLength === 0 ? {} : { keyVersion: view.toString("latin1", KEY_VERSION_OFFSET + 1, KEY_VERSION_OFFSET + 1 + labelLength) }),
       },
     },
   };

@@ -17,6 +17,7 @@
  * the open with a `CorruptionError` naming the file, the byte offset and the index.
  */
 
+import { RECORD_SEAL_OVERHEAD_BYTES } from "../crypto/crypto-limits.js";
 import { RECORD_BYTES_MAX, SEGMENT_HEADER_BYTES, SEGMENT_READ_CHUNK_BYTES } from "../limits.js";
 import type { FileHandle } from "./fs-port.js";
 import { inspectFrame, peekIndex, type DecodeLimits, type FrameInfo } from "./record.js";
@@ -26,8 +27,11 @@ import type { LogIndex, Term } from "./types.js";
 
 const SECTOR_BYTES = 512;
 
-/** The hard bound: records written under any configuration stay readable. */
-export const READ_LIMITS: DecodeLimits = { payloadBytesMax: RECORD_BYTES_MAX };
+/**
+ * The hard bound: records written under any configuration stay readable. An encrypted record's
+ * payload carries its nonce and tag as well (RECORD_SEAL_OVERHEAD_BYTES).
+ */
+export const READ_LIMITS: DecodeLimits = { payloadBytesMax: RECORD_BYTES_MAX + RECORD_SEAL_OVERHEAD_BYTES };
 
 export type DamageKind = "torn-tail" | "corruption";
 

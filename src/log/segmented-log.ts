@@ -5,6 +5,14 @@
  *   log/00000000.index    sparse index of a sealed segment; verified, rebuilt when missing or stale
  *   log/current.segment   the segment being appended to
  *   log/truncate.intent   present only while a suffix truncation is under way (redone on open)
+ *   log/rewrap.intent     present only while a segment header is re-wrapped (finished on open)
+ *
+ * At-rest encryption (options.encryption, docs/encryption.md): every segment created while it is
+ * on gets its own data key (header algorithm 1) and every record's payload is sealed
+ * (src/log/record.ts); reads authenticate every record. Plaintext segments stay readable. The
+ * next segment's key is made ahead of time (segment-keys.ts), so a roll does not wait on the KMS;
+ * if the KMS cannot make it, the appends that need the new segment fail UNAVAILABLE and nothing
+ * is written. Rotation re-wraps the keys in the headers (`rewrapHeaders`), crash-safely.
  *
  * Durability: appends are group-committed. Every append waiting when the writer is free goes into
  * one write and one fdatasync; `append` resolves only after the sync that covers it. In fsync mode
@@ -44,9 +52,11 @@ import {
   SEGMENT_READ_HANDLES_MAX,
   TENANT_ID_BYTES_MAX,
 } from "../limits.js";
+import type { AtRestEncryption } from "../crypto/at-rest.js";
+import type { SegmentRecordCipher } from "../crypto/record-cipher.js";
 import { readFileIfExists, writeFileAtomic } from "./atomic-file.js";
 import type { FileHandle, FileSystem } from "./fs-port.js";
-import { decodeFrame, encodeFrame, frameBytes, readU64, writeU64 } from "./record.js";
+import { decodeFrame, decodeSealedFrame, encodeFrame, encodeSealedFrame, frameBytes, readU64, sealedFrameBytes, writeU64 } from "./record.js";
 import { scanSegment, readFully, READ_LIMITS, type ScanResult } from "./segment-scan.js";
 import {
   CURRENT_SEGMENT_NAME,
@@ -61,6 +71,8 @@ import {
 import { SparseIndex, TermRuns, decodeIndexFile, encodeIndexFile, type TermRun } from "./sparse-index.js";
 import type { LogEntry, LogIndex, Term } from "./types.js";
 import { uuidFromBytes } from "./meta-state.js";
+import { SegmentKeys, encryptedWithoutProvider, type SegmentKey } from "./segment-keys.js";
+import { REWRAP_INTENT_NAME, finishRewrap, writeHeaderInPlace, writeRewrapIntent } from "./rewrap-intent.js";
 
 /** The subset of a pino logger the log uses. */
 export interface LogSink {
@@ -95,6 +107,12 @@ export interface SegmentedLogOptions {
   /** Prefix for file names in messages (e.g. "log/"); defaults to the directory's base name + "/". */
   displayPrefix?: string;
   logger?: LogSink;
+  /**
+   * At-rest encryption (DataDir.encryption): new segments are encrypted, encrypted ones readable.
+   * Its cluster id must be the one `clusterId` holds. Undefined: new segments are plaintext, and a
+   * log holding encrypted segments refuses to open (FAILED_PRECONDITION).
+   */
+  encryption?: AtRestEncryption;
 }
 
 /** An entry to append: the caller (the Raft driver) assigns the index, which must be `nextIndex`. */
@@ -129,6 +147,19 @@ export interface SegmentInfo {
   /** baseIndex - 1 when empty. */
   lastIndex: number;
   bytes: number;
+  /** The KMS key that wrapped the segment's data key, and its version label; undefined in plaintext segments. */
+  keyId?: string;
+  keyVersion?: string;
+}
+
+/** What one step of `rewrapHeaders` reports. */
+export interface RewrapProgress {
+  /** Encrypted segments looked at so far, of `total`. */
+  done: number;
+  total: number;
+  /** Headers rewritten so far (the others were already current). */
+  rewrapped: number;
+  file: string;
 }
 
 class Segment {
@@ -139,9 +170,16 @@ class Segment {
   /** Reads currently using `handle` (it is not closed while > 0). */
   handleUsers = 0;
   lastUsed = 0;
+  /**
+   * The record cipher of an encrypted segment, while it is in use: always for the current segment,
+   * for sealed ones while their read handle is open (the handle LRU bounds them).
+   */
+  cipher: SegmentRecordCipher | undefined;
+  cipherLoading: Promise<SegmentRecordCipher | undefined> | undefined;
 
   constructor(
-    public readonly header: SegmentHeader,
+    /** Replaced only by a header re-wrap (the same data key, wrapped anew). */
+    public header: SegmentHeader,
     public name: string,
     public sealed: boolean,
     public readonly sparse: SparseIndex,
@@ -207,13 +245,22 @@ export class SegmentedLog {
   /** While set, a truncation is under way and new reads wait for it. */
   private exclusive: Promise<void> | undefined;
   private useClock = 0;
+  private readonly keys: SegmentKeys;
+  /**
+   * Serialises what changes segment files' names or headers: a group commit (which may seal), a
+   * truncation, one header re-wrap. At most one of each waits, so the chain stays short.
+   */
+  private structureTail: Promise<void> = Promise.resolve();
+  private rewrapRunning = false;
 
   private constructor(
-    options: Required<Omit<SegmentedLogOptions, "initialIndex" | "verifyOnOpen" | "logger">> & { logger: LogSink },
+    options: ResolvedOptions,
     segments: Segment[],
     termRuns: TermRuns,
     recovery: RecoveryReport,
+    keys: SegmentKeys,
   ) {
+    this.keys = keys;
     this.fs = options.fs;
     this.dir = options.dir;
     this.clusterId = options.clusterId;
@@ -244,6 +291,9 @@ export class SegmentedLog {
       throw new InvalidArgumentError(`max_record_size ${recordBytesMax} is out of range: it must be between 1 and ${RECORD_BYTES_MAX} bytes`);
     }
     if (options.clusterId.length !== 16) throw new InvalidArgumentError("cluster id must be 16 bytes");
+    if (options.encryption !== undefined && options.encryption.clusterId !== uuidFromBytes(options.clusterId)) {
+      throw new InvalidArgumentError(`the encryption's cluster id ${options.encryption.clusterId} is not the log's ${uuidFromBytes(options.clusterId)}`);
+    }
     const resolved = {
       dir: options.dir,
       fs: options.fs,
@@ -254,6 +304,7 @@ export class SegmentedLog {
       displayPrefix: options.displayPrefix ?? pathPosix.basename(options.dir) + "/",
       logger: options.logger ?? silentSink,
     };
+    const keys = new SegmentKeys(options.encryption, options.clusterId, (obj, msg) => resolved.logger.warn(obj, msg));
     if (resolved.syncMode === "async") {
       resolved.logger.warn(
         { sync_mode: "async" },
@@ -266,11 +317,17 @@ export class SegmentedLog {
     const recovery: RecoveryReport = {
       segments: 0, records: 0, tornBytesCut: 0, tornAt: undefined, truncationCompletedFrom: undefined, indexesRebuilt: 0,
     };
-    const loader = new Loader(resolved, options.verifyOnOpen ?? true, options.initialIndex ?? 1, recovery);
+    const loader = new Loader(resolved, options.verifyOnOpen ?? true, options.initialIndex ?? 1, recovery, keys);
     const { segments, termRuns } = await loader.load();
     recovery.segments = segments.length;
     recovery.records = segments.reduce((n, s) => n + s.records, 0);
-    const log = new SegmentedLog(resolved, segments, termRuns, recovery);
+    const log = new SegmentedLog(resolved, segments, termRuns, recovery, keys);
+    try {
+      await log.matchCurrentToEncryption();
+    } catch (e) {
+      await log.close().catch(() => {});
+      throw e;
+    }
     if (recovery.tornBytesCut > 0) {
       resolved.logger.warn(
         { bytes_cut: recovery.tornBytesCut, ...recovery.tornAt },
@@ -323,7 +380,16 @@ export class SegmentedLog {
       baseIndex: s.baseIndex,
       lastIndex: s.lastIndex,
       bytes: s.sizeBytes,
+      ...(s.header.encryption.algorithm === EncryptionAlgorithm.NONE ? {} : {
+        keyId: new TextDecoder().decode(s.header.encryption.keyId),
+        keyVersion: s.header.encryption.keyVersion ?? "",
+      }),
     }));
+  }
+
+  /** The at-rest encryption this log writes new segments with, or undefined. */
+  get encryption(): AtRestEncryption | undefined {
+    return this.keys.atRest;
   }
 
   /** "fsync" or "async". */
@@ -358,7 +424,7 @@ export class SegmentedLog {
       invariant(e.index === expectIndex, `append of index ${e.index} where ${expectIndex} is next`);
       invariant(Number.isSafeInteger(e.term) && e.term >= lastTerm, `append of term ${e.term} after term ${lastTerm}`);
       tenants.push(tenant);
-      bytes += frameBytes(tenant.length, e.payload.length);
+      bytes += this.recordBytes(tenant.length, e.payload.length);
       expectIndex++;
       lastTerm = e.term;
     }
@@ -379,6 +445,11 @@ export class SegmentedLog {
       this.queue.push({ entries: entries.slice(), tenants, bytes, resolve, reject });
       this.writer ??= this.runWriter();
     });
+  }
+
+  /** Bytes a record takes in the segments this log writes now (sealed when encryption is on). */
+  private recordBytes(tenantBytes: number, payloadBytes: number): number {
+    return this.keys.enabled ? sealedFrameBytes(tenantBytes, payloadBytes) : frameBytes(tenantBytes, payloadBytes);
   }
 
   /** Refuses bad input with a message naming the limit; returns the tenant id as UTF-8. */
@@ -416,16 +487,74 @@ export class SegmentedLog {
           for (const p of batch) p.reject(this.failure);
           continue;
         }
-        try {
-          await this.writeBatch(batch);
-          if (this.syncMode === "fsync") for (const p of batch) p.resolve();
-        } catch (e) {
-          this.fail(e);
-          for (const p of batch) p.reject(this.failure);
-        }
+        await this.withStructure(async () => {
+          try {
+            // Keys for every segment this batch starts, before a byte is written: without them
+            // the batch (and what queued behind it) is refused whole, and the log stays usable.
+            await this.keys.ensureReady(this.current.sequence + 1, this.rollsFor(batch));
+          } catch (e) {
+            this.refuseQueued(batch, e);
+            return;
+          }
+          try {
+            await this.writeBatch(batch);
+            if (this.syncMode === "fsync") for (const p of batch) p.resolve();
+          } catch (e) {
+            this.fail(e);
+            for (const p of batch) p.reject(this.failure);
+          }
+        });
       }
     } finally {
       this.writer = undefined;
+    }
+  }
+
+  /** How many new segments writing `batch` starts (the same rule as writeBatch). */
+  private rollsFor(batch: readonly PendingAppend[]): number {
+    if (!this.keys.enabled) return 0;
+    let size = this.current.sizeBytes;
+    let records = this.current.records;
+    let rolls = 0;
+    for (const p of batch) {
+      for (let i = 0; i < p.entries.length; i++) {
+        const bytes = this.recordBytes(p.tenants[i]!.length, p.entries[i]!.payload.length);
+        if (size + bytes > this.segmentBytes && records > 0) {
+          rolls++;
+          size = SEGMENT_HEADER_BYTES;
+          records = 0;
+        }
+        size += bytes;
+        records++;
+      }
+    }
+    return rolls;
+  }
+
+  /**
+   * Refuses `batch` and everything queued behind it (their indexes follow its own) without writing
+   * anything; the next append starts again at lastIndex + 1. For a KMS that cannot make a new
+   * segment's key: the log stays usable, unlike after a failed write.
+   */
+  private refuseQueued(batch: PendingAppend[], e: unknown): void {
+    const refused = [...batch, ...this.queue.splice(0)];
+    this.queuedBytes = 0;
+    this.nextIndexValue = this.lastIndex + 1;
+    this.lastQueuedTerm = this.lastTerm;
+    this.logger.warn({ appends: refused.length, error: e instanceof Error ? e.message : String(e) }, "appends refused: no data key for a new segment");
+    for (const p of refused) p.reject(e);
+  }
+
+  /** Runs `body` while nothing else renames, truncates or rewrites segment headers. */
+  private async withStructure<T>(body: () => Promise<T>): Promise<T> {
+    const previous = this.structureTail;
+    let release!: () => void;
+    this.structureTail = new Promise<void>((r) => (release = r));
+    await previous;
+    try {
+      return await body();
+    } finally {
+      release();
     }
   }
 
@@ -456,7 +585,7 @@ export class SegmentedLog {
     for (const p of batch) {
       for (let i = 0; i < p.entries.length; i++) {
         const e = p.entries[i]!;
-        const size = frameBytes(p.tenants[i]!.length, e.payload.length);
+        const size = this.recordBytes(p.tenants[i]!.length, e.payload.length);
         const seg = this.current;
         const fileOffset = seg.sizeBytes + (offset - partStart);
         // Seal when this record would push a non-empty segment past segment_size.
@@ -467,7 +596,11 @@ export class SegmentedLog {
           pendingNotes.length = 0;
         }
         pendingNotes.push({ index: e.index, term: e.term, offset: this.current.sizeBytes + (offset - partStart) });
-        offset = encodeFrame(buf, offset, e.term, e.index, e.kind, p.tenants[i]!, e.payload);
+        const cipher = this.current.cipher;
+        invariant((cipher !== undefined) === this.keys.enabled, "the current segment is encrypted exactly when encryption is on");
+        offset = cipher === undefined
+          ? encodeFrame(buf, offset, e.term, e.index, e.kind, p.tenants[i]!, e.payload)
+          : encodeSealedFrame(buf, offset, e.term, e.index, e.kind, p.tenants[i]!, e.payload, cipher);
       }
     }
     invariant(offset === total, "encoded size matches the computed size");
@@ -496,6 +629,8 @@ export class SegmentedLog {
     }
     seg.sizeBytes += bytes.length;
     seg.lastIndex = notes[notes.length - 1]!.index;
+    // Half full: make the next segment's data key now, so the roll does not wait on the KMS.
+    if (this.keys.enabled && seg.sizeBytes * 2 >= this.segmentBytes) this.keys.prepare(seg.sequence + 1);
   }
 
   /**
@@ -508,6 +643,8 @@ export class SegmentedLog {
     if (this.segmentList.length >= SEGMENTS_MAX) {
       throw new QuotaExceededError("segments", SEGMENTS_MAX, `the log has ${SEGMENTS_MAX} segments, the most it may hold; compact it before writing more`);
     }
+    // The key first (prepared ahead: see ensureReady), so no file changes if it cannot be had.
+    const key = await this.keys.forNewSegment(seg.sequence + 1);
     const sealedName = sealedSegmentName(seg.sequence);
     await this.writeIndexFile(seg);
     await this.fs.rename(this.path(CURRENT_SEGMENT_NAME), this.path(sealedName));
@@ -517,8 +654,8 @@ export class SegmentedLog {
       sequence: seg.sequence + 1,
       clusterId: this.clusterId,
       baseIndex: (seg.lastIndex + 1) as LogIndex,
-      encryption: { algorithm: EncryptionAlgorithm.NONE, keyId: new Uint8Array(0), wrappedKey: new Uint8Array(0) },
-    }, this.syncMode);
+      encryption: key.encryption,
+    }, this.syncMode, key);
     this.segmentList.push(next);
     this.releaseIdleHandles();
   }
@@ -611,6 +748,8 @@ export class SegmentedLog {
     let next = from;
     const handle = await this.acquireHandle(seg);
     try {
+      const cipher = await this.cipherOf(seg);
+      const file = this.displayPrefix + seg.name;
       let buf = Buffer.allocUnsafe(SEGMENT_READ_CHUNK_BYTES);
       // Bounded: every pass consumes at least one frame, or grows the buffer to fit one, or throws.
       while (next < stop) {
@@ -618,7 +757,9 @@ export class SegmentedLog {
         const got = await readFully(handle, buf.subarray(0, want), position);
         let offset = 0;
         while (offset < got && next < stop) {
-          const r = decodeFrame(buf, offset, got, READ_LIMITS);
+          const r = cipher === undefined
+            ? decodeFrame(buf, offset, got, READ_LIMITS)
+            : decodeSealedFrame(buf, offset, got, READ_LIMITS, cipher, { file, fileOffset: position + offset });
           if (r.status === "incomplete") {
             if (position + offset + r.needBytes > seg.sizeBytes) {
               throw this.corruption(seg, position + offset, next, "the segment ends inside a record");
@@ -647,6 +788,21 @@ export class SegmentedLog {
       this.releaseHandle(seg);
     }
     return { next, bytes, full: false };
+  }
+
+  /**
+   * The segment's record cipher (undefined for plaintext), unwrapping its data key on first use.
+   * Called with the segment's handle acquired, so the LRU does not drop the cipher under the read.
+   */
+  private async cipherOf(seg: Segment): Promise<SegmentRecordCipher | undefined> {
+    if (seg.header.encryption.algorithm === EncryptionAlgorithm.NONE) return undefined;
+    if (seg.cipher !== undefined) return seg.cipher;
+    seg.cipherLoading ??= this.keys.cipherFor(seg.header, this.displayPrefix + seg.name).finally(() => {
+      seg.cipherLoading = undefined;
+    });
+    const cipher = await seg.cipherLoading;
+    seg.cipher ??= cipher;
+    return seg.cipher;
   }
 
   private corruption(seg: Segment, offset: number, index: number, detail: string): CorruptionError {
@@ -710,6 +866,7 @@ export class SegmentedLog {
       if (s.handleUsers > 0) continue;
       const h = s.handle!;
       s.handle = undefined;
+      s.cipher = undefined; // unwrapped again (through the provider's bounded cache) when read next
       excess--;
       void h.close().catch(() => {});
     }
@@ -737,7 +894,16 @@ export class SegmentedLog {
       await this.flush();
       if (this.failure !== undefined) throw this.failure;
       if (fromIndex > this.lastIndex) return;
-      await this.truncateExclusive(fromIndex);
+      await this.withStructure(async () => {
+        await this.truncateExclusive(fromIndex);
+        try {
+          // A cut back into a plaintext segment must not make new records plaintext.
+          await this.matchCurrentToEncryption();
+        } catch (e) {
+          this.fail(e);
+          throw this.failure;
+        }
+      });
     } finally {
       this.truncating = false;
     }
@@ -796,6 +962,83 @@ export class SegmentedLog {
     this.lastQueuedTerm = this.terms.termAt(fromIndex - 1) ?? 0;
   }
 
+  // ---------------------------------------------------------------- encryption
+
+  /**
+   * Makes the current segment match the configuration (at open, and after a truncation made an
+   * older segment current). Encrypted: it gets its cipher (unwrapping its key). Plaintext with
+   * encryption on: an empty one is started again encrypted; one holding records is sealed as it is
+   * (it stays readable) and new records go to a new, encrypted segment.
+   */
+  private async matchCurrentToEncryption(): Promise<void> {
+    const seg = this.current;
+    if (seg.header.encryption.algorithm !== EncryptionAlgorithm.NONE) {
+      seg.cipher ??= await this.keys.cipherFor(seg.header, this.displayPrefix + seg.name);
+    } else if (this.keys.enabled && seg.records > 0) {
+      await this.keys.ensureReady(seg.sequence + 1, 1);
+      await this.seal();
+    } else if (this.keys.enabled) {
+      const key = await this.keys.forNewSegment(seg.sequence);
+      await this.closeHandle(seg);
+      const fresh = await createSegment(this.fs, this.dir, { ...seg.header, encryption: key.encryption }, this.syncMode, key);
+      this.segmentList[this.segmentList.length - 1] = fresh;
+    }
+    if (this.keys.enabled && this.current.sizeBytes * 2 >= this.segmentBytes) this.keys.prepare(this.current.sequence + 1);
+  }
+
+  /**
+   * Key rotation: re-wraps every encrypted segment's data key under the KMS key's current version
+   * and rewrites only the header (crash-safely, through log/rewrap.intent); records are untouched.
+   * Segments whose key the provider returns unchanged are skipped. Appends go on meanwhile: each
+   * header is written between two group commits. One re-wrap at a time (FAILED_PRECONDITION).
+   */
+  async rewrapHeaders(onProgress?: (progress: RewrapProgress) => void): Promise<{ total: number; rewrapped: number }> {
+    if (this.closed) throw new FailedPreconditionError("the log is closed");
+    if (this.rewrapRunning) throw new FailedPreconditionError("a re-wrap of the log's segment headers is already running; wait for it to finish");
+    this.rewrapRunning = true;
+    try {
+      const targets = this.segmentList.filter((seg) => seg.header.encryption.algorithm !== EncryptionAlgorithm.NONE).map((seg) => seg.sequence);
+      let done = 0;
+      let rewrapped = 0;
+      // Bounded by the segment count taken at the start.
+      for (const sequence of targets) {
+        const seg = this.segmentList.find((x) => x.sequence === sequence);
+        const before = seg?.header;
+        // The KMS call runs outside the lock, so appends do not wait on it.
+        const next = seg === undefined || before === undefined ? undefined : await this.keys.rewrap(before, this.displayPrefix + seg.name);
+        if (next !== undefined && await this.withStructure(() => this.rewriteHeader(sequence, before!, next))) rewrapped++;
+        done++;
+        onProgress?.({ done, total: targets.length, rewrapped, file: this.displayPrefix + (seg?.name ?? sealedSegmentName(sequence)) });
+      }
+      return { total: targets.length, rewrapped };
+    } finally {
+      this.rewrapRunning = false;
+    }
+  }
+
+  /** Writes segment `sequence`'s new header if it still has `before` (a truncation may have replaced it). */
+  private async rewriteHeader(sequence: number, before: SegmentHeader, encryption: SegmentHeader["encryption"]): Promise<boolean> {
+    if (this.failure !== undefined) throw this.failure;
+    if (this.closed) throw new FailedPreconditionError("the log is closed");
+    const seg = this.segmentList.find((x) => x.sequence === sequence);
+    if (seg === undefined || seg.header !== before) return false;
+    const header: SegmentHeader = { ...seg.header, encryption };
+    const newBytes = encodeSegmentHeader(header);
+    try {
+      await writeRewrapIntent(this.fs, this.dir, { name: seg.name, sequence, oldHeader: encodeSegmentHeader(before), newHeader: newBytes });
+      await writeHeaderInPlace(this.fs, this.path(seg.name), newBytes);
+      seg.header = header;
+      // The index file names the header's CRC; without this it would be rebuilt at the next open.
+      if (seg.sealed) await this.writeIndexFile(seg);
+      await this.fs.unlink(this.path(REWRAP_INTENT_NAME));
+      await this.fs.syncDir(this.dir);
+    } catch (e) {
+      this.fail(e);
+      throw this.failure;
+    }
+    return true;
+  }
+
   /** Byte offset of the record holding `index` in `seg` (its end, for lastIndex + 1). */
   private async offsetOf(seg: Segment, index: number): Promise<number> {
     if (index > seg.lastIndex) return seg.sizeBytes;
@@ -833,7 +1076,11 @@ export class SegmentedLog {
     if (this.closed) return;
     await this.flush();
     this.closed = true;
-    for (const seg of this.segmentList) await this.closeHandle(seg).catch(() => {});
+    this.keys.close();
+    for (const seg of this.segmentList) {
+      seg.cipher = undefined;
+      await this.closeHandle(seg).catch(() => {});
+    }
   }
 
   private path(name: string): string {
@@ -857,10 +1104,11 @@ function appendMode(syncMode: SyncMode): "readwrite-dsync" | "readwrite" {
 }
 
 /** A new current.segment holding only its header, made whole and durable before it is used. */
-async function createSegment(fs: FileSystem, dir: string, header: SegmentHeader, syncMode: SyncMode): Promise<Segment> {
+async function createSegment(fs: FileSystem, dir: string, header: SegmentHeader, syncMode: SyncMode, key: SegmentKey): Promise<Segment> {
   const path = pathPosix.join(dir, CURRENT_SEGMENT_NAME);
   await writeFileAtomic(fs, path, encodeSegmentHeader(header));
   const seg = new Segment(header, CURRENT_SEGMENT_NAME, false, new SparseIndex(), header.baseIndex - 1, SEGMENT_HEADER_BYTES);
+  seg.cipher = key.cipher;
   seg.handle = await fs.open(path, appendMode(syncMode));
   return seg;
 }
@@ -880,7 +1128,7 @@ function decodeTruncateIntent(buf: Uint8Array): number | undefined {
   return readU64(b, 8);
 }
 
-type ResolvedOptions = Required<Omit<SegmentedLogOptions, "initialIndex" | "verifyOnOpen" | "logger">> & { logger: LogSink };
+type ResolvedOptions = Required<Omit<SegmentedLogOptions, "initialIndex" | "verifyOnOpen" | "logger" | "encryption">> & { logger: LogSink };
 
 interface FoundFile {
   name: string;
@@ -897,6 +1145,7 @@ class Loader {
     private readonly verifyAll: boolean,
     private readonly initialIndex: number,
     private readonly recovery: RecoveryReport,
+    private readonly keys: SegmentKeys,
   ) {
     this.fs = options.fs;
   }
@@ -912,6 +1161,12 @@ class Loader {
   async load(): Promise<{ segments: Segment[]; termRuns: TermRuns }> {
     const names = await this.fs.readdir(this.options.dir);
     for (const n of names) if (n.endsWith(".tmp")) await this.fs.unlink(this.path(n)); // unfinished creations
+    // A header re-wrap interrupted by a crash is finished first: the header may be torn until then.
+    const rewrapBytes = await readFileIfExists(this.fs, this.path(REWRAP_INTENT_NAME));
+    if (rewrapBytes !== undefined) {
+      const finished = await finishRewrap(this.fs, this.options.dir, rewrapBytes, this.options.displayPrefix);
+      if (finished !== undefined) this.options.logger.warn({ file: finished }, "recovery: finished an interrupted segment header re-wrap");
+    }
     let files = await this.readHeaders(names);
     const intentBytes = await readFileIfExists(this.fs, this.path(TRUNCATE_INTENT_NAME));
     if (intentBytes !== undefined) {
@@ -950,6 +1205,7 @@ class Loader {
             `${uuidFromBytes(this.options.clusterId)}: the data directory holds another cluster's log. Point --data-dir at this node's own directory.`,
         );
       }
+      if (header.encryption.algorithm !== EncryptionAlgorithm.NONE && !this.keys.enabled) throw encryptedWithoutProvider(this.display(name));
       if (sealedSeq !== undefined && header.sequence !== sealedSeq) {
         throw new CorruptionError({ file: this.display(name), offset: 12 }, `header says segment ${header.sequence} but the file is named for segment ${sealedSeq}`);
       }
@@ -1036,13 +1292,15 @@ class Loader {
     if (last === undefined || last.sealed) {
       // First start, or a crash between sealing and creating the next current.segment.
       const base = last === undefined ? this.initialIndex : last.lastIndex + 1;
+      const sequence = last === undefined ? 0 : last.sequence + 1;
+      const key = await this.keys.forNewSegment(sequence);
       segments.push(
         await createSegment(this.fs, this.options.dir, {
-          sequence: last === undefined ? 0 : last.sequence + 1,
+          sequence,
           clusterId: this.options.clusterId,
           baseIndex: base as LogIndex,
-          encryption: { algorithm: EncryptionAlgorithm.NONE, keyId: new Uint8Array(0), wrappedKey: new Uint8Array(0) },
-        }, this.options.syncMode),
+          encryption: key.encryption,
+        }, this.options.syncMode, key),
       );
     }
     return { segments, termRuns };

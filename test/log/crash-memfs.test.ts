@@ -4,6 +4,7 @@
  * each crash the log must reopen without error as a valid prefix holding every acknowledged record.
  */
 import { describe, expect, it } from "vitest";
+import { LOG_VARIANTS, encryptionFor } from "../helpers/log-encryption.js";
 import { MemoryFileSystem } from "../../src/log/memory-fs.js";
 import { SegmentedLog } from "../../src/log/segmented-log.js";
 import { SEGMENT_BYTES_MIN } from "../../src/limits.js";
@@ -23,7 +24,8 @@ function payload(random: () => number, index: number, round: number): Buffer {
   return buf;
 }
 
-describe("crash recovery on the faulty file system", () => {
+describe.each(LOG_VARIANTS)("crash recovery on the faulty file system (%s)", (variant) => {
+  const encryption = encryptionFor(variant);
   it(`keeps every acknowledged record through ${SEEDS * CRASHES_PER_SEED} crashes (${SEEDS} seeds)`, async () => {
     let acknowledgedTotal = 0;
     let tornTotal = 0;
@@ -38,7 +40,7 @@ describe("crash recovery on the faulty file system", () => {
         const fs = new CrashingFileSystem(mem, 20 + Math.floor(random() * 400), random);
         let log: SegmentedLog;
         try {
-          log = await SegmentedLog.open({ dir: DIR, fs, clusterId: CLUSTER_ID, segmentBytes: SEGMENT_BYTES_MIN });
+          log = await SegmentedLog.open({ dir: DIR, fs, clusterId: CLUSTER_ID, segmentBytes: SEGMENT_BYTES_MIN, encryption: encryption() });
         } catch (e) {
           if (fs.dead) continue; // crashed during open itself: recovery must cope next round
           throw e;
@@ -71,7 +73,7 @@ describe("crash recovery on the faulty file system", () => {
         tornTotal += fs.report?.tornWrites ?? 0;
         acknowledgedTotal += durable.size;
         // Restart on the crashed disk.
-        const reopened = await SegmentedLog.open({ dir: DIR, fs: mem, clusterId: CLUSTER_ID, segmentBytes: SEGMENT_BYTES_MIN });
+        const reopened = await SegmentedLog.open({ dir: DIR, fs: mem, clusterId: CLUSTER_ID, segmentBytes: SEGMENT_BYTES_MIN, encryption: encryption() });
         const maxDurable = Math.max(0, ...durable.keys());
         expect(reopened.lastIndex, `seed ${seed} round ${round}`).toBeGreaterThanOrEqual(maxDurable);
         const all = reopened.lastIndex === 0 ? [] : await reopened.read(1, reopened.lastIndex + 1, 1 << 30);

@@ -3,15 +3,19 @@
  * Recovery must never return a damaged record, never lose a record that was synced before the
  * damaged point, and must report damage before the tail as corruption (with file and offset).
  */
-import { describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import fc from "fast-check";
 import { MemoryFileSystem } from "../../src/log/memory-fs.js";
 import { SegmentedLog } from "../../src/log/segmented-log.js";
 import { CorruptionError } from "../../src/errors.js";
 import { SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES } from "../../src/limits.js";
 import { CLUSTER_ID, appendMany, payloadFor } from "../helpers/log-fixtures.js";
+import type { AtRestEncryption } from "../../src/crypto/at-rest.js";
+import { LOG_VARIANTS, encryptionFor } from "../helpers/log-encryption.js";
 
 const DIR = "/d/log";
+/** The running variant's encryption (the suite runs plaintext, then encrypted). */
+let encryption: () => AtRestEncryption | undefined = () => undefined;
 
 interface Written {
   mem: MemoryFileSystem;
@@ -23,7 +27,7 @@ interface Written {
 /** Writes a log of ~1.5 segments: sealed 00000000.segment and a current.segment. */
 async function build(): Promise<Written> {
   const mem = new MemoryFileSystem();
-  const log = await SegmentedLog.open({ dir: DIR, fs: mem, clusterId: CLUSTER_ID, segmentBytes: SEGMENT_BYTES_MIN });
+  const log = await SegmentedLog.open({ dir: DIR, fs: mem, clusterId: CLUSTER_ID, segmentBytes: SEGMENT_BYTES_MIN, encryption: encryption() });
   for (let r = 0; r < 6; r++) await appendMany(log, 100, 1 + r, 2500);
   const segments = log.segments();
   await log.close();
@@ -53,7 +57,7 @@ function recordAt(file: Written["files"][number], offset: number): number {
 
 async function checkServed(mem: MemoryFileSystem): Promise<{ last: number } | { error: unknown }> {
   try {
-    const log = await SegmentedLog.open({ dir: DIR, fs: mem, clusterId: CLUSTER_ID, segmentBytes: SEGMENT_BYTES_MIN });
+    const log = await SegmentedLog.open({ dir: DIR, fs: mem, clusterId: CLUSTER_ID, segmentBytes: SEGMENT_BYTES_MIN, encryption: encryption() });
     const all = log.lastIndex === 0 ? [] : await log.read(1, log.lastIndex + 1, 1 << 30);
     expect(all.length).toBe(log.lastIndex);
     for (const e of all) expect(Buffer.from(e.payload).equals(payloadFor(e.index, 2500)), `index ${e.index} served damaged`).toBe(true);
@@ -63,7 +67,11 @@ async function checkServed(mem: MemoryFileSystem): Promise<{ last: number } | { 
   }
 }
 
-describe("recovery under random damage", () => {
+describe.each(LOG_VARIANTS)("recovery under random damage (%s)", (variant) => {
+  const get = encryptionFor(variant);
+  beforeAll(() => {
+    encryption = get;
+  });
   it("bit flips: corruption before the tail is refused; nothing damaged is ever served", async () => {
     const base = await build();
     const pristine = base.files.map((f) => base.mem.peek(`${DIR}/${f.name}`)!.slice());

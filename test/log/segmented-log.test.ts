@@ -1,4 +1,6 @@
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, beforeAll, describe, expect, it } from "vitest";
+import type { AtRestEncryption } from "../../src/crypto/at-rest.js";
+import { LOG_VARIANTS, encryptionFor } from "../helpers/log-encryption.js";
 import { MemoryFileSystem } from "../../src/log/memory-fs.js";
 import { NodeFileSystem } from "../../src/log/node-fs.js";
 import { SegmentedLog, type SegmentedLogOptions } from "../../src/log/segmented-log.js";
@@ -10,8 +12,19 @@ import { join } from "node:path";
 
 const DIR = "/data/log";
 
+/** The encryption of the variant whose tests are running (every suite runs plaintext, then encrypted). */
+let encryption: () => AtRestEncryption | undefined = () => undefined;
+
+/** Sets `encryption` for the tests of one `describe.each(LOG_VARIANTS)` block. */
+function useVariant(variant: (typeof LOG_VARIANTS)[number]): void {
+  const get = encryptionFor(variant);
+  beforeAll(() => {
+    encryption = get;
+  });
+}
+
 function memOptions(fs: MemoryFileSystem, extra: Partial<SegmentedLogOptions> = {}): SegmentedLogOptions {
-  return { dir: DIR, fs, clusterId: CLUSTER_ID, segmentBytes: SEGMENT_BYTES_MIN, ...extra };
+  return { dir: DIR, fs, clusterId: CLUSTER_ID, segmentBytes: SEGMENT_BYTES_MIN, encryption: encryption(), ...extra };
 }
 
 async function expectContent(log: SegmentedLog, from: number, to: number, size?: (index: number) => number | undefined): Promise<void> {
@@ -25,7 +38,8 @@ async function expectContent(log: SegmentedLog, from: number, to: number, size?:
   }
 }
 
-describe("SegmentedLog on the in-memory file system", () => {
+describe.each(LOG_VARIANTS)("SegmentedLog on the in-memory file system (%s)", (variant) => {
+  useVariant(variant);
   it("starts empty, appends, reads back, and reopens with the same content", async () => {
     const fs = new MemoryFileSystem();
     let log = await SegmentedLog.open(memOptions(fs));
@@ -220,7 +234,7 @@ describe("SegmentedLog on the in-memory file system", () => {
     await log.append([entryFor(1)]);
     await log.close();
     const other = Buffer.alloc(16, 7);
-    await expect(SegmentedLog.open({ ...memOptions(fs), clusterId: other })).rejects.toThrow(/belongs to cluster/);
+    await expect(SegmentedLog.open({ ...memOptions(fs), clusterId: other, encryption: undefined })).rejects.toThrow(/belongs to cluster/);
   });
 
   it("refuses a log with a segment file missing", async () => {
@@ -239,7 +253,8 @@ describe("SegmentedLog on the in-memory file system", () => {
   });
 });
 
-describe("recovery on the real disk", () => {
+describe.each(LOG_VARIANTS)("recovery on the real disk (%s)", (variant) => {
+  useVariant(variant);
   let cleanup: (() => void) | undefined;
   const opened: SegmentedLog[] = [];
   afterEach(async () => {
@@ -251,14 +266,14 @@ describe("recovery on the real disk", () => {
     const t = tempDir("recovery");
     cleanup = t.cleanup;
     const dir = join(t.path, "log");
-    const log = await SegmentedLog.open({ dir, fs: new NodeFileSystem(), clusterId: CLUSTER_ID, segmentBytes: SEGMENT_BYTES_MIN });
+    const log = await SegmentedLog.open({ dir, fs: new NodeFileSystem(), clusterId: CLUSTER_ID, segmentBytes: SEGMENT_BYTES_MIN, encryption: encryption() });
     for (let done = 0; done < records; done += 100) await appendMany(log, Math.min(100, records - done), 1, size);
     await log.close();
     return dir;
   }
 
   const open = async (dir: string, verifyOnOpen = true): Promise<SegmentedLog> => {
-    const log = await SegmentedLog.open({ dir, fs: new NodeFileSystem(), clusterId: CLUSTER_ID, segmentBytes: SEGMENT_BYTES_MIN, verifyOnOpen });
+    const log = await SegmentedLog.open({ dir, fs: new NodeFileSystem(), clusterId: CLUSTER_ID, segmentBytes: SEGMENT_BYTES_MIN, verifyOnOpen, encryption: encryption() });
     opened.push(log);
     return log;
   };
