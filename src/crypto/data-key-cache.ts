@@ -175,6 +175,15 @@ export class CachingKeyProvider implements KeyProvider {
     return this.inner.describe();
   }
 
+  /**
+   * Re-reads key material after a rotation, for providers that hold it in memory (the local key
+   * file: LocalKeyProvider.reload); a no-op for the others, whose KMS rotates server-side.
+   */
+  async reload(): Promise<void> {
+    const inner = this.inner as KeyProvider & { reload?: () => Promise<void> };
+    if (typeof inner.reload === "function") await inner.reload();
+  }
+
   async close(): Promise<void> {
     this.cache.clear();
     await this.inner.close();
