@@ -274,7 +274,7 @@ describe("log at-rest encryption", () => {
   it("rotation is crash-safe: a crash at every step of a re-wrap leaves every segment readable", async () => {
     const k = await key();
     const base = new MemoryFileSystem();
-    let log = await SegmentedLog.open(options(base, k.encryption));
+    const log = await SegmentedLog.open(options(base, k.encryption));
     for (let r = 0; r < 4; r++) await appendMarked(log, 500, 1);
     await log.close();
     const names = files(base);
