@@ -82,6 +82,17 @@ export const AWS_KMS_SDK_ATTEMPTS_MAX = 3;
 export const AWS_KMS_CONNECT_TIMEOUT_MS = 2_000;
 /** Time one AWS KMS request may take once connected. */
 export const AWS_KMS_REQUEST_TIMEOUT_MS = 5_000;
+/** Time one Cloud KMS or Key Vault request (one attempt) may take, connecting included. */
+export const CLOUD_KMS_REQUEST_TIMEOUT_MS = 5_000;
+/** Attempts the GCP and Azure SDKs make for one call (their own retry of UNAVAILABLE, 429, 5xx, network errors). */
+export const CLOUD_KMS_SDK_ATTEMPTS_MAX = 3;
+/** First delay between those attempts (the SDKs add jitter and double it, up to CLOUD_KMS_SDK_RETRY_DELAY_MS_MAX). */
+export const CLOUD_KMS_SDK_RETRY_DELAY_MS_INITIAL = 200;
+export const CLOUD_KMS_SDK_RETRY_DELAY_MS_MAX = 2_000;
+/** How long the azure-keyvault provider keeps using the key version it last saw as current before asking again. */
+export const AZURE_KEY_VERSION_REFRESH_MS = 60_000;
+/** Key Vault CryptographyClients (one per key version in use) kept open at once; the least recently used is dropped. */
+export const AZURE_KEY_CLIENTS_MAX = 64;
 
 // ---- Chunked encryption of whole files (projection snapshots, backups). ----
 
@@ -102,4 +113,7 @@ assert(LOCAL_KEY_VERSIONS_MAX * LOCAL_KEY_VERSION_JSON_BYTES_MAX + 4 * KiB <= LO
 assert(DATA_KEY_CACHE_ENTRIES_DEFAULT <= DATA_KEY_CACHE_ENTRIES_MAX);
 assert(KMS_RETRY_DELAY_MS_INITIAL <= KMS_RETRY_DELAY_MS_MAX);
 assert(AWS_KMS_CONNECT_TIMEOUT_MS <= AWS_KMS_REQUEST_TIMEOUT_MS);
+assert(CLOUD_KMS_SDK_RETRY_DELAY_MS_INITIAL <= CLOUD_KMS_SDK_RETRY_DELAY_MS_MAX && CLOUD_KMS_SDK_ATTEMPTS_MAX >= 1);
+// Every key version a provider may be asked to unwrap with (current, previous keys) has room in the client cache.
+assert(AZURE_KEY_CLIENTS_MAX > KMS_PREVIOUS_KEY_IDS_MAX + 1);
 assert(FILE_CHUNK_BYTES <= 2 ** 32 - 1 - RECORD_SEAL_OVERHEAD_BYTES);

@@ -2,8 +2,8 @@
  * Key providers: the envelope-encryption port. A provider makes data keys (random AES-256 keys,
  * returned both in the clear and wrapped by the KMS key), unwraps them again, and re-wraps them under
  * the KMS key's current version (rotation without touching the data). Implementations: the `local`
- * provider (local-kms.ts), `aws-kms` (aws-kms.ts); `gcp-kms` and `azure-keyvault` are named by the
- * operations guide and not built yet.
+ * provider (local-kms.ts), `aws-kms` (aws-kms.ts), `gcp-kms` (gcp-kms.ts), `azure-keyvault`
+ * (azure-keyvault.ts).
  *
  * Errors a provider throws, and what the caller should do (STYLE.md section 5):
  *   UNAVAILABLE        KmsError, retryable: the KMS did not answer or is overloaded. Retry with backoff.
@@ -120,10 +120,20 @@ export function kmsPermissionDenied(provider: KmsProviderKind, operation: KmsOpe
     provider,
     operation,
     `the KMS refused to ${operation} with key ${keyId}: ${detail}. Data keys wrapped by a revoked key cannot be ` +
-      "unwrapped: re-enable the key (or cancel its deletion), or grant this node's credentials kms:GenerateDataKey, kms:Decrypt and kms:ReEncrypt*.",
+      `unwrapped: re-enable the key (or cancel its deletion), or ${KMS_GRANT_HINT[provider]}.`,
     { cause },
   );
 }
+
+/** What to grant this node, by provider, in a PERMISSION_DENIED message. */
+const KMS_GRANT_HINT: Readonly<Record<KmsProviderKind, string>> = {
+  local: "make the key file readable by this node's user (mode 0600)",
+  "aws-kms": "grant this node's credentials kms:GenerateDataKey, kms:Decrypt and kms:ReEncrypt*",
+  "gcp-kms": "re-enable the key version, or grant this node's service account roles/cloudkms.cryptoKeyEncrypterDecrypter " +
+    "and cloudkms.cryptoKeys.get on the key, and check its credentials (GOOGLE_APPLICATION_CREDENTIALS)",
+  "azure-keyvault": "grant this node's identity the keys get, wrapKey and unwrapKey permissions on the vault " +
+    "(or the Key Vault Crypto Service Encryption User role), and check its credentials (AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET)",
+};
 
 /** No such key: a wrong kms_key_id, region, endpoint or key file. */
 export function kmsKeyNotFound(provider: KmsProviderKind, operation: KmsOperation, keyId: string, where: string, cause?: unknown): KmsError {
@@ -132,7 +142,7 @@ export function kmsKeyNotFound(provider: KmsProviderKind, operation: KmsOperatio
     provider,
     operation,
     `the KMS (${provider} at ${where}) has no key ${JSON.stringify(keyId)}: check kms_key_id` +
-      (provider === "aws-kms" ? ", the region and kms_endpoint" : "") + ".",
+      (provider === "aws-kms" ? ", the region and kms_endpoint" : provider === "local" ? "" : " and kms_endpoint") + ".",
     { cause },
   );
 }

@@ -5,13 +5,17 @@
  * with backoff), so a node that cannot reach its KMS at start says so clearly and does not start.
  */
 
-import { ErrorCode, assertNever } from "../errors.js";
+import { assertNever } from "../errors.js";
 import { AwsKmsKeyProvider } from "./aws-kms.js";
 import type { AwsCredentials, AwsCredentialsProvider, AwsKmsSdk } from "./aws-kms.js";
+import { AzureKeyVaultKeyProvider } from "./azure-keyvault.js";
+import type { AzureKeyVaultProviderOptions } from "./azure-keyvault.js";
+import { GcpKmsKeyProvider } from "./gcp-kms.js";
+import type { GcpKmsProviderOptions } from "./gcp-kms.js";
 import { CachingKeyProvider, DataKeyCache } from "./data-key-cache.js";
 import type { DataKeyCacheOptions } from "./data-key-cache.js";
 import type { KeyDescription, KeyProvider, RetryOptions } from "./kms.js";
-import { KmsError, retryWhileUnavailable } from "./kms.js";
+import { retryWhileUnavailable } from "./kms.js";
 import { LocalKeyProvider } from "./local-kms.js";
 
 /** The `[encryption]` section, checked (enabled = true). */
@@ -26,7 +30,10 @@ export type EncryptionSettings =
       readonly previousKeyIds?: readonly string[];
       readonly sdk?: AwsKmsSdk;
     }
-  | { readonly provider: "gcp-kms" | "azure-keyvault"; readonly keyId: string };
+  /** keyId: a CryptoKey name; endpoint: host[:port]; credentials: "application-default" or an auth client. */
+  | ({ readonly provider: "gcp-kms" } & GcpKmsProviderOptions)
+  /** keyId: https://<vault>/keys/<name>[/<version>]; credential: a TokenCredential (@azure/identity). */
+  | ({ readonly provider: "azure-keyvault" } & AzureKeyVaultProviderOptions);
 
 export interface OpenedKeyProvider {
   readonly provider: CachingKeyProvider;
@@ -46,9 +53,11 @@ export async function openKeyProvider(
       inner = await AwsKmsKeyProvider.open(settings);
       break;
     case "gcp-kms":
+      inner = await GcpKmsKeyProvider.open(settings);
+      break;
     case "azure-keyvault":
-      throw new KmsError(ErrorCode.FAILED_PRECONDITION, settings.provider, "open",
-        `kms_provider = "${settings.provider}" is not available in this build yet; use "local" or "aws-kms"`);
+      inner = await AzureKeyVaultKeyProvider.open(settings);
+      break;
     default:
       return assertNever(settings);
   }

@@ -241,12 +241,6 @@ describe("aws-kms without the SDK, credentials, and the fake KMS's wire protocol
       .toEqual({ accessKeyId: "a", secretAccessKey: "b", sessionToken: "c" });
   });
 
-  it("gcp-kms and azure-keyvault say they are not available yet", async () => {
-    for (const provider of ["gcp-kms", "azure-keyvault"] as const) {
-      await expect(openKeyProvider({ provider, keyId: "k" })).rejects.toThrow(/not available in this build/);
-    }
-  });
-
   it("the fake speaks JSON 1.1 with X-Amz-Target: TrentService.<Operation> and AWS error shapes", async () => {
     const fake = await FakeAwsKms.start();
     try {
