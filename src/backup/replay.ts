@@ -4,6 +4,8 @@
  * event-apply.ts), then every tenant's projections through the projector (src/projections/
  * projector.ts), each up to the last index of the restored log. A database restored from a
  * snapshot at an earlier position continues from there; an absent one starts from the log's start.
+ * With `encryption`, every database is encrypted with its data key (its sidecar from the snapshot, or
+ * a new one); a plaintext database from an older snapshot is rebuilt, encrypted, from the log.
  *
  * A batch of events spans several log entries; when the restore position cuts one, the event index
  * stops before it (its `decidedThrough`): the batch never completed in this log, and the node
@@ -15,9 +17,11 @@ import type { SegmentedLog } from "../log/segmented-log.js";
 import { RecordKind } from "../log/types.js";
 import { decodeEventRecord } from "../projections/event-codec.js";
 import { EventStore, type IndexedEvent } from "../projections/event-store.js";
-import { TenantProjections, type ProjectorEvent } from "../projections/projector.js";
+import { TenantProjections, openTenantDatabaseKey, type ProjectorEvent } from "../projections/projector.js";
+import type { AtRestEncryption } from "../crypto/at-rest.js";
+import { mkdirSync } from "node:fs";
 import { EventStateMachine } from "../server/event-apply.js";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { REPLAY_READ_BYTES_MAX, REPLAY_STEPS_MAX } from "./backup-limits.js";
 import { PROJECTIONS_FILE_NAME } from "./snapshot.js";
 
@@ -40,9 +44,9 @@ export interface ReplayResult {
 }
 
 /** Replays `log` (opened on `dataDir/log`) into the event index and projections of `dataDir`. */
-export async function rebuildState(dataDir: string, log: SegmentedLog, progress?: ReplayProgress): Promise<ReplayResult> {
+export async function rebuildState(dataDir: string, log: SegmentedLog, progress?: ReplayProgress, encryption?: AtRestEncryption): Promise<ReplayResult> {
   const through = log.lastIndex;
-  const store = EventStore.open(dataDir);
+  const store = await EventStore.open(dataDir, { encryption });
   try {
     invariant(store.appliedPosition <= through, "databases past the restore position were removed before the replay");
     const machine = new EventStateMachine(store);
@@ -57,9 +61,12 @@ export async function rebuildState(dataDir: string, log: SegmentedLog, progress?
     }
     const tenants: { tenant: string; appliedPosition: number }[] = [];
     for (const row of store.tenantList()) {
-      const t = new TenantProjections(row.tenant, join(dataDir, "projections", `tenant_${row.tenant}`, PROJECTIONS_FILE_NAME), {
+      const path = join(dataDir, "projections", `tenant_${row.tenant}`, PROJECTIONS_FILE_NAME);
+      mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+      const key = await openTenantDatabaseKey(row.tenant, path, `projections/tenant_${row.tenant}/${PROJECTIONS_FILE_NAME}`, encryption);
+      const t = new TenantProjections(row.tenant, path, {
         store, dataDir, checkpointInterval: REPLAY_CHECKPOINT_ENTRIES, load: (rows) => loadEvents(log, rows),
-      });
+      }, key);
       try {
         // Bounded by REPLAY_STEPS_MAX chunks.
         for (let step = 0; step < REPLAY_STEPS_MAX && (await t.step()); step++) progress?.projections(row.tenant, t.appliedPosition, store.appliedPosition);

@@ -38,6 +38,11 @@ export function projectionFileIdentity(tenantId: string): string {
   return `projections/tenant_${tenantId}`;
 }
 
+/** The identity of the event index (`state/events.sqlite`: stream names, event ids, request outcomes). */
+export function eventIndexFileIdentity(): string {
+  return "state/events";
+}
+
 /** The identity of a backup object (a snapshot archive or an uploaded segment), by its name in the backup. */
 export function backupFileIdentity(objectName: string): string {
   return `backup/${objectName}`;

@@ -1,7 +1,8 @@
 /**
  * The replicated event index (docs/design/events.md): stream versions, each event's stream and
  * version by position, and the outcomes of recent request ids, in one SQLite database
- * (`<data_dir>/state/events.sqlite`, better-sqlite3). Event bodies stay in the log; this maps
+ * (`<data_dir>/state/events.sqlite`, better-sqlite3-multiple-ciphers; encrypted when
+ * `[encryption]` is on, see sqlite-encryption.ts). Event bodies stay in the log; this maps
  * positions to streams and versions so reads can find them.
  *
  * Every decided batch is written together with the applied position in one transaction, so after
@@ -16,8 +17,13 @@
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3-multiple-ciphers";
+import type { AtRestEncryption } from "../crypto/at-rest.js";
+import { eventIndexFileIdentity } from "../crypto/encryption-context.js";
 import { REQUEST_IDS_PER_TENANT_MAX } from "../limits.js";
-import { FailedPreconditionError, invariant } from "../errors.js";
+import { CorruptionError, FailedPreconditionError, invariant } from "../errors.js";
+import {
+  checkKeyedDatabase, isSqliteCorruption, keyConnection, openDatabaseKey, removeDatabaseFiles, sqliteCorruptionError,
+} from "./sqlite-encryption.js";
 import type { BatchOutcome, Decision, EventStateView } from "./apply-events.js";
 
 /** Forgotten request ids are deleted once this many more batches of their tenant were decided. */
@@ -43,6 +49,20 @@ CREATE TABLE IF NOT EXISTS requests (
   PRIMARY KEY (tenant, request_id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS requests_by_seq ON requests (tenant, seq);
 `;
+
+/** Where EventStore.open reports that it removed a plaintext index to rebuild it encrypted. */
+export interface EventStoreLogger {
+  warn(obj: object, msg: string): void;
+}
+
+function cannotOpen(path: string, e: unknown): FailedPreconditionError {
+  const message = e instanceof Error ? e.message : String(e);
+  return new FailedPreconditionError(
+    `the event index ${path} cannot be opened (${message}). It is derived from the log: ` +
+      "stop the node, move the state/ directory aside, and start it again to rebuild it",
+    { cause: e },
+  );
+}
 
 export interface IndexedEvent {
   readonly position: number;
@@ -105,25 +125,45 @@ export class EventStore implements EventStateView {
     this.applied = row?.position ?? 0;
   }
 
-  /** Opens (creating when new) the event index of the data directory `dataDir`. */
-  static open(dataDir: string): EventStore {
+  /**
+   * Opens (creating when new) the event index of the data directory `dataDir`. With `encryption`,
+   * the database is encrypted with its own data key (sqlite-encryption.ts, identity `state/events`,
+   * sidecar `state/events.key`); a plaintext index written before encryption was turned on is
+   * removed and rebuilt, encrypted, from the log (the node applies the log again from its start).
+   */
+  static async open(dataDir: string, options: { encryption?: AtRestEncryption | undefined; logger?: EventStoreLogger | undefined } = {}): Promise<EventStore> {
     const dir = join(dataDir, "state");
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const path = join(dir, "events.sqlite");
+    const display = "state/events.sqlite";
+    let keying = await openDatabaseKey(path, display, options.encryption, eventIndexFileIdentity());
+    if (keying.kind === "plaintext-existing") {
+      options.logger?.warn({ file: display }, "encryption is on and the event index is plaintext: removing it; it is rebuilt, encrypted, from the log");
+      removeDatabaseFiles(path);
+      keying = await openDatabaseKey(path, display, options.encryption, eventIndexFileIdentity());
+    }
+    const key = keying.kind === "keyed" ? keying.key : undefined;
     let db: Database.Database;
     try {
       db = new Database(path);
+    } catch (e) {
+      key?.fill(0);
+      throw cannotOpen(path, e);
+    }
+    try {
+      if (key !== undefined) keyConnection(db, key);
+      checkKeyedDatabase(db, display, key !== undefined);
       db.pragma("journal_mode = WAL");
       db.pragma("synchronous = NORMAL");
       db.exec(SCHEMA);
     } catch (e) {
-      const message = e instanceof Error ? e.message : String(e);
-      throw new FailedPreconditionError(
-        `the event index ${path} cannot be opened (${message}). It is derived from the log: ` +
-          "stop the node, move the state/ directory aside, and start it again to rebuild it",
-        { cause: e },
-      );
+      db.close();
+      key?.fill(0);
+      if (e instanceof CorruptionError) throw e;
+      if (isSqliteCorruption(e)) throw sqliteCorruptionError(display, e, key !== undefined);
+      throw cannotOpen(path, e);
     }
+    key?.fill(0); // the connection holds its own copy
     return new EventStore(db, path);
   }
 

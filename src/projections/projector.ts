@@ -1,7 +1,8 @@
 /**
  * Projections: each tenant's SQL state, applied identically on every node.
  *
- * A tenant's projections live in one SQLite database, `projections/tenant_<id>/projections.sqlite`.
+ * A tenant's projections live in one SQLite database, `projections/tenant_<id>/projections.sqlite`
+ * (encrypted with its own data key when `[encryption]` is on: sqlite-encryption.ts).
  * The projector follows the event index (event-store.ts) behind Raft's apply, tenant by tenant, in
  * position order: events go to the handlers of every running projection, and the tenant's
  * commands (migrations, new projections, rebuilds) run at their positions. Each chunk of entries is
@@ -20,12 +21,21 @@
  */
 
 import { createHash } from "node:crypto";
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from "node:fs";
+import { open as openFile } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
 import Database from "better-sqlite3-multiple-ciphers";
-import { ErrorCode, NotFoundError, VerityError, invariant } from "../errors.js";
+import type { AtRestEncryption } from "../crypto/at-rest.js";
+import { contextFor } from "../crypto/at-rest.js";
+import { projectionFileIdentity } from "../crypto/encryption-context.js";
+import { CorruptionError, ErrorCode, NotFoundError, VerityError, invariant } from "../errors.js";
 import type { EventStore, IndexedEvent } from "./event-store.js";
+import type { QueryPool, QueryRequest, QueryResult } from "./query-pool.js";
 import { bindParams, checkDefinition, compileHandler, type CompiledHandler, type ProjectionDefinition } from "./projection-definition.js";
+import {
+  checkKeyedDatabase, isSqliteCorruption, keyConnection, keySidecarPath, openDatabaseKey, removeDatabaseFiles, sqliteCorruptionError,
+  writeKeySidecar, type SqliteKey,
+} from "./sqlite-encryption.js";
 
 /** Entries a tenant's projector handles per transaction at most. */
 export const PROJECTOR_CHUNK_ENTRIES = 1_000;
@@ -62,6 +72,11 @@ export interface ProjectorDeps {
   onProgress?(tenant: string, position: number): void;
   /** Apply no further than this position (a verification replay); default: the event index's applied position. */
   through?(): number;
+  /**
+   * At-rest encryption: each tenant's database is encrypted with its own data key (sqlite-encryption.ts),
+   * and `projection rebuild` moves it to a new database with a new data key. Undefined: plaintext.
+   */
+  readonly encryption?: AtRestEncryption | undefined;
 }
 
 type ProjectionState = "running" | "rebuilding" | "failed";
@@ -131,17 +146,34 @@ export class TenantProjections {
   private readonly projections = new Map<string, Projection>();
   private readonly statements = new Map<string, Database.Statement>();
   private sinceCheckpoint = 0;
+  /** Set when a rebuild command was applied: with encryption on, the Projector moves the database to a new data key. */
+  rekeyWanted = false;
 
+  /**
+   * Opens (creating) the database at `path`. `key`: its raw data key when it is encrypted (see
+   * openTenantDatabaseKey); the instance keeps it (for the query workers) and zeroes it on close.
+   * A wrong key or a damaged page is a CorruptionError naming the file.
+   */
   constructor(
     readonly tenant: string,
     readonly path: string,
     private readonly deps: ProjectorDeps,
+    readonly key?: SqliteKey | undefined,
   ) {
     mkdirSync(join(path, ".."), { recursive: true, mode: 0o700 });
     this.db = new Database(path);
-    this.db.pragma("journal_mode = WAL");
-    this.db.pragma("synchronous = NORMAL");
-    this.db.exec(SCHEMA);
+    try {
+      if (key !== undefined) keyConnection(this.db, key);
+      checkKeyedDatabase(this.db, path, key !== undefined);
+      this.db.pragma("journal_mode = WAL");
+      this.db.pragma("synchronous = NORMAL");
+      this.db.exec(SCHEMA);
+    } catch (e) {
+      this.db.close();
+      if (e instanceof CorruptionError) throw e;
+      if (isSqliteCorruption(e)) throw sqliteCorruptionError(path, e, key !== undefined);
+      throw e;
+    }
     const row = this.db.prepare("SELECT applied_position FROM _verity_state WHERE id = 1").pluck().get() as number | undefined;
     this.applied = row ?? 0;
     const rows = this.db.prepare("SELECT * FROM _verity_projections ORDER BY name").all() as {
@@ -164,6 +196,19 @@ export class TenantProjections {
    * many commands), then one chunk of any rebuild. Returns whether more work is waiting.
    */
   async step(): Promise<boolean> {
+    try {
+      return await this.stepUnmapped();
+    } catch (e) {
+      throw this.mapped(e);
+    }
+  }
+
+  /** A SQLite corruption error (a wrong key, a tampered page) as a CorruptionError naming this database. */
+  private mapped(e: unknown): unknown {
+    return isSqliteCorruption(e) ? sqliteCorruptionError(this.path, e, this.key !== undefined) : e;
+  }
+
+  private async stepUnmapped(): Promise<boolean> {
     const store = this.deps.store;
     const through = Math.min(store.appliedPosition, this.deps.through?.() ?? Number.MAX_SAFE_INTEGER);
     let more = false;
@@ -325,6 +370,7 @@ export class TenantProjections {
         this.statements.clear();
         this.saveProjection(p);
         record(name, "applied");
+        this.rekeyWanted = true;
         return;
       }
       default:
@@ -419,6 +465,14 @@ export class TenantProjections {
    * rebuild (which replays to the same rows).
    */
   digest(): string {
+    try {
+      return this.digestUnmapped();
+    } catch (e) {
+      throw this.mapped(e);
+    }
+  }
+
+  private digestUnmapped(): string {
     const h = createHash("sha256");
     for (const sql of this.db.prepare("SELECT sql FROM sqlite_schema WHERE name NOT LIKE '\\_verity\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND sql IS NOT NULL ORDER BY name").pluck().all() as string[]) {
       h.update(`schema ${sql}\n`);
@@ -446,6 +500,55 @@ export class TenantProjections {
 
   close(): void {
     if (this.db.open) this.db.close();
+    this.key?.fill(0);
+  }
+}
+
+/**
+ * The key of a tenant's database at `path` (undefined: plaintext): unwrapped from its sidecar, or new.
+ * With encryption on, a plaintext database written before encryption was turned on is removed, so the
+ * projector rebuilds it, encrypted, from the log (the tenant's commands and events are all there).
+ */
+export async function openTenantDatabaseKey(
+  tenant: string, path: string, display: string, encryption: AtRestEncryption | undefined, logger?: ProjectorLogger,
+): Promise<SqliteKey | undefined> {
+  let keying = await openDatabaseKey(path, display, encryption, projectionFileIdentity(tenant));
+  if (keying.kind === "plaintext-existing") {
+    logger?.warn({ tenant, file: display }, "encryption is on and this projections database is plaintext: removing it; it is rebuilt, encrypted, from the log");
+    removeDatabaseFiles(path);
+    keying = await openDatabaseKey(path, display, encryption, projectionFileIdentity(tenant));
+  }
+  return keying.kind === "keyed" ? keying.key : undefined;
+}
+
+/** Suffixes of a tenant directory while `projection rebuild` moves it to a new data key. */
+const REKEY_NEW_SUFFIX = ".rekey-new";
+const REKEY_OLD_SUFFIX = ".rekey-old";
+
+/**
+ * Finishes or undoes a tenant directory swap a crash interrupted (see Projector.rekey): a directory
+ * whose `tenant_<id>` is missing gets its old copy back; leftover copies are removed.
+ */
+export function recoverRekeyedDirectories(projectionsDir: string): void {
+  if (!existsSync(projectionsDir)) return;
+  for (const name of readdirSync(projectionsDir)) {
+    const full = join(projectionsDir, name);
+    if (name.endsWith(REKEY_OLD_SUFFIX)) {
+      const live = full.slice(0, -REKEY_OLD_SUFFIX.length);
+      if (existsSync(live)) rmSync(full, { recursive: true, force: true });
+      else renameSync(full, live);
+    } else if (name.endsWith(REKEY_NEW_SUFFIX)) {
+      rmSync(full, { recursive: true, force: true });
+    }
+  }
+}
+
+async function syncDirectory(path: string): Promise<void> {
+  const handle = await openFile(path, "r");
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
   }
 }
 
@@ -458,23 +561,124 @@ export class Projector {
   private waiters: { tenant: string; position: number; resolve(ok: boolean): void; timer: NodeJS.Timeout }[] = [];
   /** Set when a tenant's projector failed unexpectedly (its database could not be written). */
   private readonly broken = new Map<string, string>();
+  /** Tenants whose database is being opened (its key unwrapped or made): one open per tenant at a time. */
+  private readonly opening = new Map<string, Promise<TenantProjections>>();
 
-  constructor(private readonly deps: ProjectorDeps) {}
+  constructor(private readonly deps: ProjectorDeps) {
+    recoverRekeyedDirectories(join(deps.dataDir, "projections"));
+  }
 
   /** The directory of a tenant's projections. */
   pathOf(tenant: string): string {
     return join(this.deps.dataDir, "projections", `tenant_${tenant}`, "projections.sqlite");
   }
 
-  /** Opens (creating) a tenant's projections database; the tenant must exist. */
-  tenant(tenant: string): TenantProjections {
-    let t = this.tenants.get(tenant);
-    if (t === undefined) {
-      if (!this.deps.store.tenantExists(tenant)) throw new NotFoundError(`tenant "${tenant}" does not exist: create it first (verity-admin tenant create --tenant ${tenant})`);
-      t = new TenantProjections(tenant, this.pathOf(tenant), this.deps);
-      this.tenants.set(tenant, t);
+  /** Opens (creating, with its data key when encryption is on) a tenant's projections database; the tenant must exist. */
+  async tenant(tenant: string): Promise<TenantProjections> {
+    const open = this.tenants.get(tenant);
+    if (open !== undefined) return open;
+    if (!this.deps.store.tenantExists(tenant)) throw new NotFoundError(`tenant "${tenant}" does not exist: create it first (verity-admin tenant create --tenant ${tenant})`);
+    let pending = this.opening.get(tenant);
+    if (pending === undefined) {
+      pending = this.openTenant(tenant).finally(() => this.opening.delete(tenant));
+      this.opening.set(tenant, pending);
     }
+    return pending;
+  }
+
+  private async openTenant(tenant: string): Promise<TenantProjections> {
+    const path = this.pathOf(tenant);
+    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    const key = await openTenantDatabaseKey(tenant, path, `projections/tenant_${tenant}/projections.sqlite`, this.deps.encryption, this.deps.logger);
+    if (this.closed) {
+      key?.fill(0);
+      throw new VerityError(ErrorCode.UNAVAILABLE, "the node is shutting down: retry on another node");
+    }
+    const t = new TenantProjections(tenant, path, this.deps, key);
+    this.tenants.set(tenant, t);
     return t;
+  }
+
+  /**
+   * Where a query of `tenant` reads: the database path and, when it is encrypted, a copy of its raw
+   * key (sent to a query worker over its IPC channel, never in argv or the environment).
+   */
+  async queryTarget(tenant: string): Promise<{ dbPath: string; key: Buffer | undefined }> {
+    const t = await this.tenant(tenant);
+    return { dbPath: t.path, key: t.key === undefined ? undefined : Buffer.from(t.key) };
+  }
+
+  /**
+   * Runs a query of `tenant` on `pool`, with the database's key when it is encrypted. A query that
+   * raced a rebuild's move to a new data key (the worker opened the new file with the old key) is
+   * run once more with the new key; any other CORRUPTION answer stands.
+   */
+  async query(pool: QueryPool, tenant: string, request: Omit<QueryRequest, "dbPath" | "key">): Promise<QueryResult> {
+    const target = await this.queryTarget(tenant);
+    try {
+      return await pool.query({ ...request, ...target });
+    } catch (e) {
+      if (!(e instanceof VerityError) || e.code !== ErrorCode.CORRUPTION || target.key === undefined) throw e;
+      const now = await this.queryTarget(tenant);
+      if (now.key === undefined || now.key.equals(target.key)) throw e;
+      return pool.query({ ...request, ...now });
+    } finally {
+      target.key?.fill(0);
+    }
+  }
+
+  /**
+   * After a `projection rebuild` with encryption on: moves the tenant's database to a new data key,
+   * so a rebuild also retires the old key. A new key and its sidecar are made in
+   * `tenant_<id>.rekey-new/`, the database is copied there (VACUUM INTO, a consistent image) and
+   * re-keyed; then the live database is closed and the directories swapped (rename, rename, fsync).
+   * Runs inside the projector's loop, so nothing writes the database meanwhile. A crash leaves the
+   * old directory or the new one in place (recoverRekeyedDirectories); both hold the same rows.
+   */
+  private async rekey(t: TenantProjections): Promise<void> {
+    const encryption = this.deps.encryption;
+    t.rekeyWanted = false;
+    if (encryption === undefined || t.key === undefined || this.tenants.get(t.tenant) !== t) return;
+    const dir = dirname(t.path);
+    const next = dir + REKEY_NEW_SUFFIX;
+    const old = dir + REKEY_OLD_SUFFIX;
+    const nextPath = join(next, basename(t.path));
+    rmSync(next, { recursive: true, force: true });
+    mkdirSync(next, { mode: 0o700 });
+    let newKey: Buffer | undefined;
+    try {
+      const generated = await encryption.provider.generateDataKey(contextFor(encryption, projectionFileIdentity(t.tenant)));
+      newKey = generated.plaintext;
+      await writeKeySidecar(keySidecarPath(nextPath), generated.keyId, generated.wrapped);
+      if (this.closed || this.tenants.get(t.tenant) !== t) throw new VerityError(ErrorCode.UNAVAILABLE, "the projector closed or reopened the tenant meanwhile");
+      t.db.exec(`VACUUM INTO '${nextPath.replace(/'/g, "''")}'`); // same (old) key as the source
+      const copy = new Database(nextPath);
+      try {
+        keyConnection(copy, t.key);
+        copy.pragma("journal_mode = DELETE");
+        copy.pragma(`rekey = "x'${newKey.toString("hex")}'"`);
+        copy.pragma("journal_mode = WAL");
+      } finally {
+        copy.close();
+      }
+      await syncDirectory(next);
+    } catch (e) {
+      newKey?.fill(0);
+      rmSync(next, { recursive: true, force: true });
+      this.deps.logger?.error({ tenant: t.tenant, error: e instanceof Error ? e.message : String(e) },
+        "the rebuild keeps the database's old data key: moving it to a new one failed (it is tried again at the next rebuild)");
+      return;
+    }
+    // No await from here until the new database is open: nothing can use the tenant in between.
+    t.close();
+    this.tenants.delete(t.tenant);
+    renameSync(dir, old);
+    renameSync(next, dir);
+    rmSync(old, { recursive: true, force: true });
+    const reopened = new TenantProjections(t.tenant, t.path, this.deps, newKey);
+    this.tenants.set(t.tenant, reopened);
+    await syncDirectory(dirname(dir));
+    this.deps.logger?.info({ tenant: t.tenant }, "projection rebuild: the tenant's projections database moved to a new data key");
   }
 
   /** Marks every tenant for a catch-up pass (at start). */
@@ -507,9 +711,10 @@ export class Projector {
       this.dirty.delete(tenant);
       if (this.broken.has(tenant)) continue;
       try {
-        const t = this.tenant(tenant);
+        const t = await this.tenant(tenant);
         if (await t.step()) this.dirty.add(tenant);
-        this.settle(t);
+        if (t.rekeyWanted) await this.rekey(t);
+        this.settle(await this.tenant(tenant));
       } catch (e) {
         const message = e instanceof Error ? e.message : String(e);
         this.broken.set(tenant, message);
@@ -533,13 +738,13 @@ export class Projector {
   }
 
   /** Resolves true once the tenant's projections are applied up to `position` (false after `timeoutMs`). */
-  waitProjected(tenant: string, position: number, timeoutMs: number): Promise<boolean> {
+  async waitProjected(tenant: string, position: number, timeoutMs: number): Promise<boolean> {
     const broken = this.broken.get(tenant);
-    if (broken !== undefined) return Promise.reject(new VerityError(ErrorCode.UNAVAILABLE, `this node cannot apply tenant "${tenant}"'s projections (${broken}); use another node`));
-    const t = this.tenant(tenant);
+    if (broken !== undefined) throw new VerityError(ErrorCode.UNAVAILABLE, `this node cannot apply tenant "${tenant}"'s projections (${broken}); use another node`);
+    const t = await this.tenant(tenant);
     if (t.appliedPosition >= position) return Promise.resolve(true);
     if (this.waiters.length >= PROJECTOR_WAITERS_MAX) {
-      return Promise.reject(new VerityError(ErrorCode.QUOTA_EXCEEDED, `${PROJECTOR_WAITERS_MAX} queries are waiting for projections on this node; retry shortly`));
+      throw new VerityError(ErrorCode.QUOTA_EXCEEDED, `${PROJECTOR_WAITERS_MAX} queries are waiting for projections on this node; retry shortly`);
     }
     this.wake(tenant);
     return new Promise<boolean>((resolve) => {

@@ -5,7 +5,8 @@
  * Guarantees (with the read-only, `query_only` connection the worker opens, query-runner.ts):
  * - exactly one statement, and it starts with SELECT, WITH or VALUES;
  * - it never writes (SQLite says the prepared statement is read-only), and it returns rows;
- * - it never ATTACHes or DETACHes a file, runs a PRAGMA or a `pragma_*` table-valued function,
+ * - it never ATTACHes or DETACHes a file, runs a PRAGMA (PRAGMA key included) or a `pragma_*`
+ *   table-valued function, calls the cipher functions `sqlite3mc_*`,
  *   runs VACUUM (VACUUM INTO writes a copy anywhere), calls load_extension, fts3_tokenizer or the
  *   file functions of SQLite's shell (readfile, writefile, edit), or reads the raw-page and
  *   file-system virtual tables (sqlite_dbpage, fsdir, zipfile).
@@ -54,6 +55,8 @@ const DENIED_TABLES: ReadonlyMap<string, string> = new Map([
 ]);
 /** Table-valued pragma functions (`pragma_table_info`, `pragma_database_list`, ...). */
 const PRAGMA_FUNCTION_PREFIX = "pragma_";
+/** The cipher functions of SQLite3 Multiple Ciphers (`sqlite3mc_config`, `sqlite3mc_codec_data`, ...): server-only, like PRAGMA key. */
+const CIPHER_FUNCTION_PREFIX = "sqlite3mc_";
 
 type TokenKind = "word" | "quoted" | "string" | "variable" | "number" | "punct";
 
@@ -188,6 +191,9 @@ function checkNames(tokens: readonly Token[]): void {
     if (token.kind !== "word" && token.kind !== "quoted" && token.kind !== "string") return;
     if (token.text.startsWith(PRAGMA_FUNCTION_PREFIX)) {
       refuse(ErrorCode.PERMISSION_DENIED, `queries cannot use pragma functions (${token.text}); to list the tables, SELECT name, sql FROM sqlite_schema`);
+    }
+    if (token.text.startsWith(CIPHER_FUNCTION_PREFIX)) {
+      refuse(ErrorCode.PERMISSION_DENIED, `queries cannot use the database encryption functions (${token.text})`);
     }
     const table = DENIED_TABLES.get(token.text);
     if (table !== undefined) refuse(ErrorCode.PERMISSION_DENIED, table);

@@ -66,6 +66,11 @@ export interface QueryRequest {
   params: Record<string, string | number | null>;
   /** Rows at most: 1 or more, clamped to the pool's rowsMax; 0 means rowsMax. */
   limit: number;
+  /**
+   * The database's raw data key when it is encrypted (Projector.queryTarget); it goes to the worker
+   * over the IPC channel with the query, never in argv or the environment, and is never logged.
+   */
+  key?: Buffer | undefined;
 }
 
 /** The answer to one query. */
@@ -271,7 +276,9 @@ export class QueryPool {
       throw invalid(`the query's limit must be a whole number, 0 (the server's maximum, ${this.rowsMax}) or more, not ${request.limit}`);
     }
     const limit = request.limit === 0 ? this.rowsMax : Math.min(request.limit, this.rowsMax);
-    return { id: this.nextJobId++, dbPath: request.dbPath, sql: request.sql, params: checkParams(request.params), limit };
+    if (request.key !== undefined) invariant(request.key.length === 32, "a database key is 32 bytes");
+    const key = request.key === undefined ? undefined : new Uint8Array(request.key);
+    return { id: this.nextJobId++, dbPath: request.dbPath, sql: request.sql, params: checkParams(request.params), limit, key };
   }
 
   private closedError(): VerityError {

@@ -20,6 +20,8 @@ export interface QueryJob {
   readonly params: Readonly<Record<string, QueryParamValue>>;
   /** Rows to return at most, 1 to the pool's rowsMax. */
   readonly limit: number;
+  /** The database's raw 32-byte data key when it is encrypted (sqlite-encryption.ts); absent for a plaintext one. */
+  readonly key?: Uint8Array | undefined;
 }
 
 /** The pool asks a worker to run one query; a worker runs one query at a time. */
@@ -74,5 +76,6 @@ export function isQueryRequestMessage(value: unknown): value is QueryRequestMess
   if (m.type !== "query" || typeof m.job !== "object" || m.job === null) return false;
   const job = m.job as Record<string, unknown>;
   return typeof job.id === "number" && typeof job.dbPath === "string" && typeof job.sql === "string" &&
-    typeof job.params === "object" && job.params !== null && typeof job.limit === "number";
+    typeof job.params === "object" && job.params !== null && typeof job.limit === "number" &&
+    (job.key === undefined || (job.key instanceof Uint8Array && job.key.length === 32));
 }

@@ -17,10 +17,12 @@
  *   A database file replaced by another (a new inode) is reopened.
  */
 
+import { createHash } from "node:crypto";
 import { statSync } from "node:fs";
 import Database from "better-sqlite3-multiple-ciphers";
 import { ErrorCode, VerityError, invariant } from "../errors.js";
 import { prepareQuery, queryErrorOf } from "./query-guard.js";
+import { checkKeyedDatabase, isSqliteCorruption, keyConnection, sqliteCorruptionError } from "./sqlite-encryption.js";
 import { QUERY_CONNECTIONS_MAX, QUERY_RESULT_BYTES_MAX } from "./query-limits.js";
 import type { QueryJob, QueryRows } from "./query-protocol.js";
 
@@ -35,6 +37,12 @@ interface OpenConnection {
   /** The file the connection has open; a different inode at the same path means the file was replaced. */
   readonly dev: number;
   readonly ino: number;
+  /** SHA-256 of the key it was opened with ("" for none): a job with another key reopens it. */
+  readonly keyTag: string;
+}
+
+function keyTagOf(key: Uint8Array | undefined): string {
+  return key === undefined ? "" : createHash("sha256").update(key).digest("hex");
 }
 
 /** Open read-only connections by path, least recently used first (a Map keeps insertion order). */
@@ -42,20 +50,25 @@ export class ConnectionCache {
   // Invariant: open.size <= QUERY_CONNECTIONS_MAX.
   private readonly open = new Map<string, OpenConnection>();
 
-  /** The connection to `path`, opened read-only with `query_only` on; NOT_FOUND if there is no such file. */
-  get(path: string): Database.Database {
+  /**
+   * The connection to `path`, opened read-only with `query_only` on, keyed with `key` when the
+   * database is encrypted; NOT_FOUND if there is no such file, CORRUPTION (naming the file) when the
+   * key does not decrypt it.
+   */
+  get(path: string, key?: Uint8Array): Database.Database {
     const file = statOrNotFound(path);
+    const keyTag = keyTagOf(key);
     const cached = this.open.get(path);
     if (cached !== undefined) {
       this.open.delete(path);
-      if (cached.dev === file.dev && cached.ino === file.ino) {
+      if (cached.dev === file.dev && cached.ino === file.ino && cached.keyTag === keyTag) {
         this.open.set(path, cached);
         return cached.db;
       }
       cached.db.close();
     }
-    const db = openReadOnly(path);
-    this.open.set(path, { db, dev: file.dev, ino: file.ino });
+    const db = openReadOnly(path, key);
+    this.open.set(path, { db, dev: file.dev, ino: file.ino, keyTag });
     // Bounded: runs at most once, the map held at most QUERY_CONNECTIONS_MAX before this insert.
     for (const [oldestPath, oldest] of this.open) {
       if (this.open.size <= QUERY_CONNECTIONS_MAX) break;
@@ -87,13 +100,22 @@ function statOrNotFound(path: string): { dev: number; ino: number } {
   }
 }
 
-function openReadOnly(path: string): Database.Database {
+function openReadOnly(path: string, key: Uint8Array | undefined): Database.Database {
   let db: Database.Database;
   try {
     db = new Database(path, { readonly: true, fileMustExist: true });
   } catch (error) {
     const mapped = queryErrorOf(error);
     throw mapped.code === ErrorCode.NOT_FOUND ? new VerityError(ErrorCode.NOT_FOUND, NO_PROJECTIONS_DATABASE_MESSAGE) : mapped;
+  }
+  try {
+    // Keyed before anything else is read; the key came with the job over IPC (query-protocol.ts).
+    if (key !== undefined) keyConnection(db, Buffer.from(key));
+    checkKeyedDatabase(db, path, key !== undefined);
+  } catch (error) {
+    db.close();
+    if (error instanceof VerityError) throw error;
+    throw isSqliteCorruption(error) ? sqliteCorruptionError(path, error, key !== undefined) : queryErrorOf(error);
   }
   try {
     db.pragma("query_only = ON");
@@ -129,7 +151,7 @@ function resultTooLarge(): VerityError {
 
 /** Runs one query; throws VerityError for anything refused or failed. */
 export function runQuery(cache: ConnectionCache, job: QueryJob): QueryRows {
-  const db = cache.get(job.dbPath);
+  const db = cache.get(job.dbPath, job.key);
   const statement = prepareQuery(db, job.sql);
   try {
     statement.raw(true);
@@ -168,6 +190,7 @@ export function runQuery(cache: ConnectionCache, job: QueryJob): QueryRows {
     }
     return { columns, rows, truncated, position };
   } catch (error) {
+    if (isSqliteCorruption(error)) throw sqliteCorruptionError(job.dbPath, error, job.key !== undefined);
     throw queryErrorOf(error);
   }
 }

@@ -15,6 +15,19 @@ import { RecordKind } from "../log/types.js";
 import { decodeEventRecord } from "./event-codec.js";
 import { EventStore } from "./event-store.js";
 import { TenantProjections, type ProjectorEvent } from "./projector.js";
+import type { AtRestEncryption } from "../crypto/at-rest.js";
+import { keyConnection, keySidecarPath, openDatabaseKey, scratchDatabaseKey } from "./sqlite-encryption.js";
+import { projectionFileIdentity } from "../crypto/encryption-context.js";
+
+const NEEDS_CONFIG = "give verify the node's configuration (--config <file> with its [encryption] section) so it can unwrap their data keys";
+
+/** The key of a tenant's database for verify: undefined for a plaintext one; an encrypted one without `encryption` is an error saying what to give. */
+async function verifyKeyOf(tenant: string, path: string, encryption: AtRestEncryption | undefined): Promise<Buffer | undefined> {
+  if (!existsSync(keySidecarPath(path))) return undefined;
+  if (encryption === undefined) throw new Error(`the database is encrypted (projections.key beside it): ${NEEDS_CONFIG}`);
+  const keying = await openDatabaseKey(path, `projections/tenant_${tenant}/projections.sqlite`, encryption, projectionFileIdentity(tenant));
+  return keying.kind === "keyed" ? keying.key : undefined;
+}
 
 /** Tenants replayed at most (the largest ones first are not chosen: the first by name, so runs repeat). */
 export const VERIFY_SAMPLE_TENANTS = 3;
@@ -40,7 +53,14 @@ export interface ProjectionsReport {
 }
 
 /** Checks the projections of the data directory `dataDir`, whose log ends at `logLastIndex`. */
-export async function verifyProjections(fs: FileSystem, dataDir: string, logLastIndex: number): Promise<ProjectionsReport> {
+/**
+ * Checks the projections of the data directory `dataDir`, whose log ends at `logLastIndex`.
+ * Encrypted databases (a key sidecar beside them) need `encryption` (the node's key provider, from
+ * `--config`); without it they are reported as needing it. Plaintext databases are read as they are
+ * (never removed or rebuilt here), and the replay's scratch databases are encrypted with a throwaway
+ * key whenever the data directory's databases are encrypted.
+ */
+export async function verifyProjections(fs: FileSystem, dataDir: string, logLastIndex: number, encryption?: AtRestEncryption): Promise<ProjectionsReport> {
   const report: ProjectionsReport = { ok: true, eventIndexPosition: undefined, tenants: [], notes: [] };
   const projectionsDir = join(dataDir, "projections");
   const tenantDirs = existsSync(projectionsDir) ? readdirSync(projectionsDir).filter((d) => d.startsWith("tenant_")).sort() : [];
@@ -48,27 +68,37 @@ export async function verifyProjections(fs: FileSystem, dataDir: string, logLast
     report.notes.push("no event index (state/events.sqlite): the node rebuilds it and every projection from the log when it starts");
     return report;
   }
-  const store = EventStore.open(dataDir);
+  const eventsKeyed = existsSync(keySidecarPath(join(dataDir, "state", "events.sqlite")));
+  if (eventsKeyed && encryption === undefined) {
+    report.ok = false;
+    report.notes.push(`the event index and projections are encrypted (state/events.key): ${NEEDS_CONFIG}`);
+    return report;
+  }
+  const store = await EventStore.open(dataDir, { encryption: eventsKeyed ? encryption : undefined });
   try {
     report.eventIndexPosition = store.appliedPosition;
     if (store.appliedPosition > logLastIndex) {
       report.ok = false;
       report.notes.push(`the event index is applied up to ${store.appliedPosition}, beyond the log's last index ${logLastIndex}: move state/ aside so the node rebuilds it`);
     }
-    const sample: { tenant: string; path: string; check: ProjectionCheck }[] = [];
+    const sample: { tenant: string; path: string; check: ProjectionCheck; key: Buffer | undefined }[] = [];
     for (const dir of tenantDirs) {
       const tenant = dir.slice("tenant_".length);
       const path = join(projectionsDir, dir, "projections.sqlite");
       const check: ProjectionCheck = { tenant, appliedPosition: 0, status: "ok", detail: "" };
       report.tenants.push(check);
+      let key: Buffer | undefined;
       try {
+        key = await verifyKeyOf(tenant, path, encryption);
         const db = new Database(path, { readonly: true, fileMustExist: true });
         try {
+          if (key !== undefined) keyConnection(db, key);
           check.appliedPosition = (db.prepare("SELECT applied_position FROM _verity_state WHERE id = 1").pluck().get() as number | undefined) ?? 0;
         } finally {
           db.close();
         }
       } catch (e) {
+        key?.fill(0);
         check.status = "unreadable";
         check.detail = `cannot read ${path}: ${e instanceof Error ? e.message : String(e)}; move it aside and the node rebuilds it`;
         report.ok = false;
@@ -80,7 +110,8 @@ export async function verifyProjections(fs: FileSystem, dataDir: string, logLast
         report.ok = false;
         continue;
       }
-      if (sample.length < VERIFY_SAMPLE_TENANTS) sample.push({ tenant, path, check });
+      if (sample.length < VERIFY_SAMPLE_TENANTS) sample.push({ tenant, path, check, key });
+      else key?.fill(0);
     }
     if (sample.length > 0) await replaySample(fs, dataDir, store, sample, report);
   } finally {
@@ -93,7 +124,7 @@ async function replaySample(
   fs: FileSystem,
   dataDir: string,
   store: EventStore,
-  sample: { tenant: string; path: string; check: ProjectionCheck }[],
+  sample: { tenant: string; path: string; check: ProjectionCheck; key: Buffer | undefined }[],
   report: ProjectionsReport,
 ): Promise<void> {
   const wanted = new Set(sample.map((s) => s.tenant));
@@ -123,6 +154,7 @@ async function replaySample(
   try {
     for (const s of sample) {
       const target = s.check.appliedPosition;
+      // The replay holds the tenant's rows: encrypted like the original, with a key that dies with it.
       const replay = new TenantProjections(s.tenant, join(scratch, `tenant_${s.tenant}`, "projections.sqlite"), {
         store,
         dataDir: scratch,
@@ -132,11 +164,11 @@ async function replaySample(
           const b = bodies.get(r.position);
           return b === undefined ? [] : [{ ...b, stream: r.stream, version: r.version }];
         }),
-      });
+      }, s.key === undefined ? undefined : scratchDatabaseKey());
       try {
         // Bounded by VERIFY_REPLAY_STEPS_MAX chunks.
         for (let step = 0; step < VERIFY_REPLAY_STEPS_MAX && (await replay.step()); step++);
-        const onDisk = new TenantProjections(s.tenant, s.path, { store, dataDir, through: () => 0, checkpointInterval: Number.MAX_SAFE_INTEGER, load: async () => [] });
+        const onDisk = new TenantProjections(s.tenant, s.path, { store, dataDir, through: () => 0, checkpointInterval: Number.MAX_SAFE_INTEGER, load: async () => [] }, s.key);
         try {
           s.check.digest = onDisk.digest();
         } finally {

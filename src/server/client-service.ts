@@ -131,12 +131,12 @@ export function clientHandlers(target: () => ClientServiceTarget | undefined, me
       const params = (r.params ?? {}) as Record<string, string>;
       const linearizable = Number(r.consistency ?? 0) === 0;
       const { applied } = await t.dataPlane.barrier(linearizable);
-      const projections = t.projector.tenant(tenant); // NOT_FOUND for an unknown tenant
+      const projections = await t.projector.tenant(tenant); // NOT_FOUND for an unknown tenant
       if (linearizable && !(await t.projector.waitProjected(tenant, applied, READ_WAIT_MS))) {
         throw new VerityError(ErrorCode.UNAVAILABLE, `this node's projections of tenant "${tenant}" did not reach the read point ${applied} within ${READ_WAIT_MS} ms (a rebuild or a long backlog); retry, or query with consistency LOCAL`);
       }
       const answeredAt = projections.appliedPosition;
-      const result = await t.queryPool.query({ dbPath: t.projector.pathOf(tenant), sql: String(r.sql ?? ""), params, limit: Number(r.limit ?? 0) });
+      const result = await t.projector.query(t.queryPool, tenant, { sql: String(r.sql ?? ""), params, limit: Number(r.limit ?? 0) });
       return {
         // The position read in the rows' own snapshot; the one read before is only a fallback.
         response: { columns: result.columns, rowsJson: result.rows.map((row) => JSON.stringify(row)), truncated: result.truncated, appliedPosition: result.position ?? answeredAt },

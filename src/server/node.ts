@@ -201,7 +201,7 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
       if (ref.node === undefined) throw new VerityError(ErrorCode.UNAVAILABLE, "the node is still starting; retry shortly");
       return ref.node;
     };
-    const store = EventStore.open(settings.storage.dataDir);
+    const store = await EventStore.open(settings.storage.dataDir, { encryption: dir.encryption, logger: forTarget(root, "verity_projections") });
     if (store.appliedPosition > dir.log.lastIndex) {
       store.close();
       throw new FailedPreconditionError(
@@ -239,6 +239,7 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
       checkpointInterval: settings.projections.checkpointIntervalEntries,
       logger: forTarget(root, "verity_projections"),
       onProgress: (tenant, position) => metrics.appliedPosition.set({ tenant }, position),
+      encryption: dir.encryption,
     });
     await transport.start();
     const grpcServer = new grpc.Server({ "grpc.max_receive_message_length": GRPC_MESSAGE_BYTES_MAX });

@@ -64,7 +64,7 @@ export class TenantAdmin {
   private async projected(tenant: string, position: number, what: string): Promise<string> {
     const reached = await this.deps.projector.waitProjected(tenant, position, COMMAND_WAIT_MS);
     if (!reached) throw new VerityError(ErrorCode.UNAVAILABLE, `the ${what} is committed at position ${position} but this node has not applied it within ${COMMAND_WAIT_MS} ms; check projection status`);
-    const outcome = this.deps.projector.tenant(tenant).commandOutcome(position) ?? "applied";
+    const outcome = (await this.deps.projector.tenant(tenant)).commandOutcome(position) ?? "applied";
     if (outcome.startsWith("failed: ")) throw new VerityError(ErrorCode.FAILED_PRECONDITION, `the ${what} at position ${position} failed on every node and changed nothing: ${outcome.slice(8)}`);
     return outcome;
   }
@@ -80,18 +80,21 @@ export class TenantAdmin {
     return { position, message: `tenant "${tenant}" created at position ${position}` };
   }
 
-  listTenants(): TenantInfo[] {
-    return this.store.tenantList().map((row) => this.info(row.tenant));
+  async listTenants(): Promise<TenantInfo[]> {
+    const out: TenantInfo[] = [];
+    // Bounded by limits.max_tenants; one at a time, since opening a tenant may unwrap its data key.
+    for (const row of this.store.tenantList()) out.push(await this.info(row.tenant));
+    return out;
   }
 
-  showTenant(tenant: string): TenantInfo {
+  async showTenant(tenant: string): Promise<TenantInfo> {
     this.requireTenant(tenant);
     return this.info(tenant);
   }
 
-  private info(tenant: string): TenantInfo {
+  private async info(tenant: string): Promise<TenantInfo> {
     const row = this.store.tenant(tenant)!;
-    const t = this.deps.projector.tenant(tenant);
+    const t = await this.deps.projector.tenant(tenant);
     return { ...row, projections: t.projectionNames(), appliedPosition: t.appliedPosition };
   }
 
@@ -103,16 +106,16 @@ export class TenantAdmin {
     return { position, message: `migration ${name === "" ? "" : `"${name}" `}applied at position ${position}` };
   }
 
-  schema(tenant: string): object {
+  async schema(tenant: string): Promise<object> {
     this.requireTenant(tenant);
-    const t = this.deps.projector.tenant(tenant);
+    const t = await this.deps.projector.tenant(tenant);
     return { tenant, ...t.schema(), appliedPosition: t.appliedPosition };
   }
 
   async createProjection(tenant: string, definitionToml: string, fromStart: boolean): Promise<{ position: number; message: string }> {
     this.requireTenant(tenant);
     const definition = parseProjectionToml(definitionToml);
-    if (this.deps.projector.tenant(tenant).hasProjection(definition.name)) {
+    if ((await this.deps.projector.tenant(tenant)).hasProjection(definition.name)) {
       throw new VerityError(ErrorCode.ALREADY_EXISTS, `tenant "${tenant}" has a projection "${definition.name}" already: rebuild it, or choose another name`);
     }
     const definitionJson = JSON.stringify({ name: definition.name, handlers: definition.handlers.map((h) => ({ event_type: h.eventType, sql: h.sql })) });
@@ -124,7 +127,7 @@ export class TenantAdmin {
   async rebuildProjection(tenant: string, name: string): Promise<{ position: number; message: string }> {
     this.requireTenant(tenant);
     if (name === "") throw new InvalidArgumentError("give the projection to rebuild (--projection NAME)");
-    if (!this.deps.projector.tenant(tenant).hasProjection(name)) throw new NotFoundError(`tenant "${tenant}" has no projection "${name}" (see projection status)`);
+    if (!(await this.deps.projector.tenant(tenant)).hasProjection(name)) throw new NotFoundError(`tenant "${tenant}" has no projection "${name}" (see projection status)`);
     const position = await this.propose(tenant, { kind: "rebuildProjection", body: { name } });
     await this.projected(tenant, position, "rebuild");
     return { position, message: `projection "${name}" is rebuilding from its start (position ${position}); projection status shows its progress` };
@@ -138,9 +141,9 @@ export class TenantAdmin {
   }
 
   /** Each projection's state, this node's applied positions, and the digest of the tenant's database. */
-  projectionStatus(tenant: string, commitIndex: number): object {
+  async projectionStatus(tenant: string, commitIndex: number): Promise<object> {
     this.requireTenant(tenant);
-    const t = this.deps.projector.tenant(tenant);
+    const t = await this.deps.projector.tenant(tenant);
     const lastEvent = this.store.lastEventPosition(tenant);
     // The digest reads every row: computed once per state (cached), and not while a rebuild runs.
     return { tenant, projections: t.status(lastEvent), appliedPosition: t.appliedPosition, commitIndex, digest: t.hasRebuilding ? "" : t.cachedDigest() };
