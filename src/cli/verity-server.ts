@@ -16,6 +16,7 @@ import {
   SETTING_FLAGS, loadSettings, refusalsOfThisBuild, settingsNotDefault, type Settings,
 } from "../server/settings.js";
 import { formatHostPort, formatSize } from "../server/setting-values.js";
+import { openNodeKeyProvider, type NodeKeyProvider } from "../server/encryption-settings.js";
 import { ExitCode, cli, reportError, run } from "./common.js";
 
 const NAME = "verity-server";
@@ -120,7 +121,10 @@ async function serve(settings: Settings): Promise<void> {
       process.once("SIGTERM", on("SIGTERM"));
     });
     let dir: DataDir;
+    let keys: NodeKeyProvider | undefined;
     try {
+      // The key provider first: a node that cannot use its key must not open (or serve) encrypted data.
+      keys = await openNodeKeyProvider(settings, logger);
       const clusterId = await VerityNode.clusterIdForDataDir(settings, starting.signal, logger);
       dir = await DataDir.open({
         path: dataDir,
@@ -130,8 +134,10 @@ async function serve(settings: Settings): Promise<void> {
         recordBytesMax: settings.limits.recordBytesMax,
         syncMode: settings.storage.syncMode,
         logger: forTarget(root, "verity_log"),
+        keyProvider: keys?.provider,
       });
     } catch (e) {
+      await keys?.provider.close().catch(() => {});
       if (starting.signal.aborted) return ExitCode.OK;
       logger.error({ data_dir: dataDir, error: e instanceof Error ? e.message : String(e) }, "cannot open the data directory");
       return reportError(NAME, e);
@@ -142,6 +148,8 @@ async function serve(settings: Settings): Promise<void> {
         node_id: dir.meta.nodeId, cluster_id: dir.meta.clusterId, data_dir: dataDir, view: dir.meta.term,
         first_index: log.firstIndex, last_index: log.lastIndex, segments: log.segments().length,
         torn_bytes_cut: log.recovery.tornBytesCut, sync_mode: log.mode,
+        encryption: keys === undefined ? "off" : keys.opened.description.provider,
+        unencrypted_segments: log.segments().filter((s) => s.keyId === undefined).length,
         config_file: settings.configPath ?? null, settings: settings.shown, settings_from: settingsNotDefault(settings),
       },
       "data directory open; log recovered",
@@ -156,6 +164,7 @@ async function serve(settings: Settings): Promise<void> {
       node = await VerityNode.start(settings, root, dir, starting.signal);
     } catch (e) {
       await dir.close().catch(() => {});
+      await keys?.provider.close().catch(() => {});
       if (starting.signal.aborted) {
         logger.info({ reason: e instanceof Error ? e.message : String(e) }, "stopped while starting");
         return ExitCode.OK;
@@ -169,6 +178,7 @@ async function serve(settings: Settings): Promise<void> {
     const signal = await Promise.race([signalled, fatal]);
     logger.info({ signal }, "shutting down");
     await node.stop().catch(() => {});
+    await keys?.provider.close().catch(() => {});
     await stopTracing().catch((e: unknown) => logger.warn({ error: e instanceof Error ? e.message : String(e) }, "could not send the last spans to the collector"));
     logger.info({}, "stopped");
     return signal === "fatal" ? ExitCode.FAILED : ExitCode.OK;

@@ -16,7 +16,7 @@ import { randomUUID } from "node:crypto";
 import { posix as pathPosix } from "node:path";
 import type { AtRestEncryption } from "../crypto/at-rest.js";
 import type { KeyProvider } from "../crypto/kms.js";
-import { FailedPreconditionError } from "../errors.js";
+import { FailedPreconditionError, QuotaExceededError } from "../errors.js";
 import { DirLock } from "./dir-lock.js";
 import type { FileSystem } from "./fs-port.js";
 import { readMetaState, uuidBytes, writeMetaState, type MetaState } from "./meta-state.js";
@@ -49,6 +49,26 @@ export interface DataDirOptions {
 
 export const DATA_DIR_SUBDIRS = ["log", "projections", "meta", "wal"] as const;
 
+/** One file a re-wrap hook looked at: whether its wrapped key changed (false: it was already current). */
+export interface RewrapStep {
+  /** The file, relative to the data directory (e.g. "projections/tenant_acme/projection.key"). */
+  readonly file: string;
+  readonly rewrapped: boolean;
+}
+
+/**
+ * A re-wrap pass over files other than log segments, run by `verity-admin encryption rotate` after
+ * the log's headers: for each wrapped data key it owns (e.g. a projection key sidecar), call
+ * `encryption.provider.rewrap(wrapped, contextFor(encryption, identity), { keyId, location })`,
+ * write the result crash-safely (temporary file, fsync, rename, fsync the directory) when it
+ * differs, and yield one step per file. A thrown error fails the rotation (reported by
+ * `encryption status`); the files already done stay done, and a later rotate starts over safely.
+ */
+export type RewrapHook = (encryption: AtRestEncryption) => AsyncIterable<RewrapStep>;
+
+/** Re-wrap hooks a data directory accepts at most. */
+export const REWRAP_HOOKS_MAX = 8;
+
 export class DataDir {
   private constructor(
     readonly path: string,
@@ -63,6 +83,28 @@ export class DataDir {
      */
     readonly encryption: AtRestEncryption | undefined,
   ) {}
+
+  private readonly hooks = new Map<string, RewrapHook>();
+
+  /**
+   * Registers a re-wrap pass (see RewrapHook) under `name` (e.g. "projections"), run by every
+   * later rotation after the log; replaces an earlier one of that name. Returns the unregister
+   * function. At most REWRAP_HOOKS_MAX.
+   */
+  registerRewrap(name: string, hook: RewrapHook): () => void {
+    if (!this.hooks.has(name) && this.hooks.size >= REWRAP_HOOKS_MAX) {
+      throw new QuotaExceededError("rewrap hooks", REWRAP_HOOKS_MAX, `a data directory takes at most ${REWRAP_HOOKS_MAX} re-wrap hooks`);
+    }
+    this.hooks.set(name, hook);
+    return () => {
+      if (this.hooks.get(name) === hook) this.hooks.delete(name);
+    };
+  }
+
+  /** The registered re-wrap passes, in registration order. */
+  rewrapHooks(): ReadonlyArray<{ readonly name: string; readonly hook: RewrapHook }> {
+    return [...this.hooks].map(([name, hook]) => ({ name, hook }));
+  }
 
   get meta(): Readonly<MetaState> {
     return this.metaState;

@@ -11,6 +11,7 @@ import type { NodeId } from "../log/types.js";
 import type { MembershipChange } from "../consensus/types.js";
 import { grpcMethod, toServiceError } from "./grpc-methods.js";
 import type { TenantAdmin } from "./tenant-admin.js";
+import type { EncryptionAdmin } from "./encryption-admin.js";
 
 /** What the service needs from the node (src/server/node.ts implements it). */
 export interface AdminTarget {
@@ -29,6 +30,8 @@ export interface AdminTarget {
   tenantAdmin(): TenantAdmin;
   /** The commit index this node knows. */
   commitIndex(): number;
+  /** At-rest encryption status and rotation of this node's files. */
+  encryptionAdmin(): EncryptionAdmin;
 }
 
 /** A refusal with its error code, mapped to a gRPC status for the caller. */
@@ -59,6 +62,8 @@ export const ADMIN_SERVICE: grpc.ServiceDefinition = {
   projectionStatus: unary("ProjectionStatus", "TenantRequest", "ProjectionStatusResponse"),
   rebuildProjection: unary("RebuildProjection", "ProjectionRequest", "CommandResponse"),
   setReadOnly: unary("SetReadOnly", "SetReadOnlyRequest", "CommandResponse"),
+  encryptionStatus: unary("EncryptionStatus", "EncryptionStatusRequest", "EncryptionStatusResponse"),
+  rotateEncryption: unary("RotateEncryption", "RotateEncryptionRequest", "EncryptionStatusResponse"),
 };
 
 type Call = grpc.ServerUnaryCall<Record<string, unknown>, Record<string, unknown>>;
@@ -110,5 +115,7 @@ export function adminHandlers(target: AdminTarget, onAuthFailure: () => void): g
     projectionStatus: guarded(async (r) => (await target.tenantAdmin().projectionStatus(String(r.tenant ?? ""), target.commitIndex())) as Record<string, unknown>),
     rebuildProjection: guarded(async (r) => target.tenantAdmin().rebuildProjection(String(r.tenant ?? ""), String(r.projection ?? ""))),
     setReadOnly: guarded(async (r) => target.tenantAdmin().setReadOnly(Boolean(r.on), String(r.reason ?? ""))),
+    encryptionStatus: guarded(async () => ({ ...(await target.encryptionAdmin().status()) })),
+    rotateEncryption: guarded(async (r) => ({ ...(await target.encryptionAdmin().rotate({ rewrapOnly: Boolean(r.rewrapOnly) })) })),
   };
 }

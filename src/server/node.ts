@@ -33,6 +33,7 @@ import { INFLIGHT_BYTES_MAX, INFLIGHT_MESSAGES_MAX, APPEND_RPC_BYTES_MAX } from 
 import { ClientListener } from "./client-listener.js";
 import { MetricsServer, NodeMetrics } from "./metrics.js";
 import { ADMIN_SERVICE, AdminError, adminHandlers, type AdminTarget } from "./admin-service.js";
+import { EncryptionAdmin } from "./encryption-admin.js";
 import { HealthImplementation } from "grpc-health-check";
 import type { MembershipChange } from "../consensus/types.js";
 import type { LogStoragePort } from "../consensus/driver.js";
@@ -519,6 +520,14 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
 
   // ---------------------------------------------------------------- AdminTarget
 
+  private encryptionAdminValue: EncryptionAdmin | undefined;
+
+  /** `encryption status` / `encryption rotate` for this node's files (src/server/encryption-admin.ts). */
+  encryptionAdmin(): EncryptionAdmin {
+    this.encryptionAdminValue ??= new EncryptionAdmin(this.dir, this.settings.encryption, this.logger);
+    return this.encryptionAdminValue;
+  }
+
   get adminIdentities(): readonly string[] {
     return this.settings.security.admins;
   }
@@ -700,6 +709,7 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
     this.projector.close();
     await this.queryPool.close();
     this.stateMachine.store.close();
+    await this.encryptionAdminValue?.close();
     await this.dir.close();
   }
 }
@@ -759,5 +769,6 @@ function lateAdminTarget(node: () => VerityNode | undefined): AdminTarget {
     changeMembership: (change) => get().changeMembership(change),
     tenantAdmin: () => get().tenantAdmin(),
     commitIndex: () => get().commitIndex(),
+    encryptionAdmin: () => get().encryptionAdmin(),
   };
 }

@@ -4,6 +4,7 @@
  * config file, or the built-in default. Reasons complete "<key> = <value>: ...".
  */
 
+import { KMS_PREVIOUS_KEY_IDS_MAX } from "../crypto/crypto-limits.js";
 import { accessSync, constants as fsConstants, statSync } from "node:fs";
 import { isAbsolute, resolve } from "node:path";
 import { TENANT_ID_BYTES_MAX, TENANTS_MAX, SETTING_TEXT_BYTES_MAX, CLUSTER_NODES_MAX } from "../limits.js";
@@ -242,6 +243,23 @@ export const identitiesKind: Kind<string[]> = {
   parse(raw, context) {
     const items = listItems(raw, context);
     if (!items.ok) return items;
+    for (const item of items.value) {
+      const text = checkText(item);
+      if (!text.ok) return refuse(`entry ${showRaw(item)} ${text.reason}`);
+    }
+    const duplicate = firstDuplicate(items.value);
+    return duplicate === undefined ? items : refuse(`lists "${duplicate}" more than once`);
+  },
+  show: (items) => items,
+};
+
+/** KMS key ids (`encryption.kms_previous_key_ids`): non-empty strings, none twice, at most KMS_PREVIOUS_KEY_IDS_MAX. */
+export const keyIdsKind: Kind<string[]> = {
+  accepts: `a list of at most ${KMS_PREVIOUS_KEY_IDS_MAX} KMS key ids`,
+  parse(raw, context) {
+    const items = listItems(raw, context);
+    if (!items.ok) return items;
+    if (items.value.length > KMS_PREVIOUS_KEY_IDS_MAX) return refuse(`lists ${items.value.length} keys; at most ${KMS_PREVIOUS_KEY_IDS_MAX}`);
     for (const item of items.value) {
       const text = checkText(item);
       if (!text.ok) return refuse(`entry ${showRaw(item)} ${text.reason}`);

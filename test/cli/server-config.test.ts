@@ -118,11 +118,13 @@ describe("verity-server refuses a bad configuration before touching the data dir
     expect(insecure.stdout).toContain("tls             off (--insecure: plaintext allowed off loopback)");
   });
 
-  it("at-rest encryption is refused by this build rather than silently skipped", () => {
-    const config = writeConfig("encrypted.toml", '[encryption]\nenabled = true\nkms_provider = "aws-kms"\nkms_key_id = "arn:aws:kms:us-east-1:1:key/x"\n');
-    const r = runServer(["--validate", "--config", config]);
+  it("at-rest encryption validates: aws-kms needs a region (or a key ARN naming one)", () => {
+    const ok = writeConfig("encrypted.toml", '[encryption]\nenabled = true\nkms_provider = "aws-kms"\nkms_key_id = "arn:aws:kms:us-east-1:1:key/x"\n');
+    expect(runServer(["--validate", "--config", ok]).code).toBe(0);
+    const noRegion = writeConfig("encrypted-alias.toml", '[encryption]\nenabled = true\nkms_provider = "aws-kms"\nkms_key_id = "alias/verity"\n');
+    const r = runServer(["--validate", "--config", noRegion]);
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/encryption.enabled = true \(from the config file\): this build has no at-rest encryption yet/);
+    expect(r.stderr).toMatch(/needs encryption.region/);
   });
 
   it("bad flag values get the same messages", () => {

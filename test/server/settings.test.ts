@@ -66,7 +66,7 @@ describe("defaults", () => {
     expect(s.shown["limits.max_batch_size"]).toBe("10MB");
     expect(s.server.nodeId).toBeUndefined();
     expect(s.security).toMatchObject({ tlsCert: undefined, requireClientCert: true, admins: [], clients: [] });
-    expect(s.encryption).toEqual({ enabled: false, kmsProvider: "local", kmsKeyId: undefined });
+    expect(s.encryption).toEqual({ enabled: false, kmsProvider: "local", kmsKeyId: undefined, kmsEndpoint: undefined, region: undefined, kmsPreviousKeyIds: [] });
     expect(s).toMatchObject({ logLevel: "info", clusterPeers: [], insecure: false, forceRecover: false, configPath: undefined });
     expect(settingsNotDefault(s)).toEqual({});
     expect(refusalsOfThisBuild(s)).toEqual([]);
@@ -323,7 +323,9 @@ tracing_endpoint = "http://jaeger:14268/api/traces"
     expect(s.security.clients).toEqual([{ identity: "billing-service", tenants: ["acme", "globex"] }]);
     expect(s.shown["cluster_peers"]).toEqual(["node2:7001", "node3:7001"]);
     expect(s.telemetry.tracingEndpoint).toBe("http://jaeger:14268/api/traces");
-    expect(refusalsOfThisBuild(s)).toEqual([expect.stringMatching(/^encryption.enabled = true \(from the config file\): this build has no at-rest encryption yet/)]);
+    // At-rest encryption is built (issue 9): no longer refused; the region comes from the key ARN.
+    expect(refusalsOfThisBuild(s)).toEqual([]);
+    expect(s.encryption).toMatchObject({ enabled: true, kmsProvider: "aws-kms", region: undefined, kmsPreviousKeyIds: [] });
   });
 });
 
