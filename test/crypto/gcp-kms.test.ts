@@ -104,8 +104,8 @@ describe("gcp-kms provider through @google-cloud/kms", () => {
     const otherFile = { ...CONTEXT, fileIdentity: segmentFileIdentity(4) };
     const otherCluster = { ...CONTEXT, clusterId: "0d5e3c1a-1111-4c1e-9a53-0e2f5d8b7c61" };
     for (const [wrapped, context] of [[flipped, CONTEXT], [dataKey.wrapped, otherFile], [dataKey.wrapped, otherCluster], [Buffer.alloc(300), CONTEXT]] as const) {
-      for (const call of [kms.unwrap(wrapped, context, { location: AT }), kms.rewrap(wrapped, context, { location: AT })]) {
-        const error = await caught(call);
+      for (const call of [() => kms.unwrap(wrapped, context, { location: AT }), () => kms.rewrap(wrapped, context, { location: AT })]) {
+        const error = await caught(call());
         expect(error).toBeInstanceOf(CorruptionError);
         expect((error as CorruptionError).location).toEqual(AT);
         expect(grpcStatusOf[(error as CorruptionError).code]).toBe(GrpcStatus.DATA_LOSS);
@@ -117,8 +117,8 @@ describe("gcp-kms provider through @google-cloud/kms", () => {
   it("a wrong key id is NOT_FOUND naming the key; a malformed one is refused at open", async () => {
     const missing = keyName.replace(/verity$/, "no-such-key");
     const kms = await open({ keyId: missing });
-    for (const call of [kms.describe(), kms.generateDataKey(CONTEXT)]) {
-      const error = expectKmsError(await caught(call), ErrorCode.NOT_FOUND);
+    for (const call of [() => kms.describe(), () => kms.generateDataKey(CONTEXT)]) {
+      const error = expectKmsError(await caught(call()), ErrorCode.NOT_FOUND);
       expect(error.message).toContain(missing);
       expect(error.message).toContain("kms_key_id");
     }
@@ -169,9 +169,9 @@ describe("gcp-kms provider through @google-cloud/kms", () => {
       [() => { fake.setVersionState(keyName, "ENABLED"); fake.denyAccess(keyName); }, /Permission 'cloudkms/],
     ] as const) {
       revoke();
-      const calls = [kms.generateDataKey(CONTEXT), kms.unwrap(dataKey.wrapped, CONTEXT), kms.rewrap(dataKey.wrapped, CONTEXT), kms.describe()];
+      const calls = [() => kms.generateDataKey(CONTEXT), () => kms.unwrap(dataKey.wrapped, CONTEXT), () => kms.rewrap(dataKey.wrapped, CONTEXT), () => kms.describe()];
       for (const call of calls) {
-        const error = expectKmsError(await caught(call), ErrorCode.PERMISSION_DENIED);
+        const error = expectKmsError(await caught(call()), ErrorCode.PERMISSION_DENIED);
         expect(error.retryable).toBe(false);
         expect(error.message).toMatch(why);
         expect(error.message).toContain("roles/cloudkms.cryptoKeyEncrypterDecrypter");
