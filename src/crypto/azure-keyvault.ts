@@ -464,6 +464,30 @@ export class AzureKeyVaultKeyProvider implements KeyProvider {
   }
 }
 
+/**
+ * The credential verity-server uses: a ClientSecretCredential when AZURE_TENANT_ID, AZURE_CLIENT_ID
+ * and AZURE_CLIENT_SECRET are all set, else DefaultAzureCredential (managed identity, workload
+ * identity, Azure CLI). Some but not all three set is refused, saying which are missing. @azure/identity
+ * is loaded at the first token request, so settings can be mapped without it.
+ */
+export function azureCredentialFromEnvironment(env: NodeJS.ProcessEnv = process.env): AzureTokenCredential {
+  const names = ["AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET"] as const;
+  const values = names.map((name) => env[name] ?? "");
+  const missing = names.filter((_, i) => values[i] === "");
+  if (missing.length > 0 && missing.length < names.length) {
+    throw new KmsError(ErrorCode.FAILED_PRECONDITION, "azure-keyvault", "open",
+      `kms_provider = "azure-keyvault": ${names.filter((n) => !missing.includes(n)).join(", ")} set but ${missing.join(", ")} not: ` +
+        "set all three for a service principal, or none to use a managed identity (DefaultAzureCredential)");
+  }
+  let made: Promise<AzureTokenCredential> | undefined;
+  const make = async (): Promise<AzureTokenCredential> => {
+    const identity = await import("@azure/identity");
+    const [tenantId, clientId, clientSecret] = values as [string, string, string];
+    return missing.length === 0 ? new identity.ClientSecretCredential(tenantId, clientId, clientSecret) : new identity.DefaultAzureCredential();
+  };
+  return { getToken: async (scopes, options) => (await (made ??= make())).getToken(scopes, options) };
+}
+
 /** Loads @azure/keyvault-keys. Throws FAILED_PRECONDITION naming the package when it is not installed. */
 async function loadAzureKeyVaultSdk(): Promise<typeof import("@azure/keyvault-keys")> {
   try {

@@ -6,6 +6,7 @@
  */
 
 import { credentialsFromEnvironment } from "../crypto/aws-kms.js";
+import { azureCredentialFromEnvironment } from "../crypto/azure-keyvault.js";
 import type { KeyProvider } from "../crypto/kms.js";
 import type { EncryptionSettings, OpenedKeyProvider } from "../crypto/open-key-provider.js";
 import { openKeyProvider } from "../crypto/open-key-provider.js";
@@ -32,9 +33,16 @@ export function encryptionSettingsOf(settings: Settings["encryption"], env: Node
         previousKeyIds: settings.kmsPreviousKeyIds,
       };
     }
-    case "gcp-kms":
-    case "azure-keyvault":
-      return { provider, keyId } as EncryptionSettings;
+    case "gcp-kms": // Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS, or the metadata server on Google Cloud)
+      return {
+        provider, keyId, credentials: "application-default", previousKeyIds: settings.kmsPreviousKeyIds,
+        ...(settings.kmsEndpoint === undefined ? {} : { endpoint: settings.kmsEndpoint }),
+      };
+    case "azure-keyvault": // AZURE_TENANT_ID / AZURE_CLIENT_ID / AZURE_CLIENT_SECRET, else DefaultAzureCredential
+      return {
+        provider, keyId, credential: azureCredentialFromEnvironment(env), previousKeyIds: settings.kmsPreviousKeyIds,
+        ...(settings.kmsEndpoint === undefined ? {} : { endpoint: settings.kmsEndpoint }),
+      };
     default:
       return assertNever(provider);
   }

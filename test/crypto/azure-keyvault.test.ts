@@ -10,13 +10,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { CorruptionError, ErrorCode, GrpcStatus, InvalidArgumentError, grpcStatusOf } from "../../src/errors.js";
-import { AzureKeyVaultKeyProvider, parseAzureKeyId } from "../../src/crypto/azure-keyvault.js";
+import { AzureKeyVaultKeyProvider, azureCredentialFromEnvironment, parseAzureKeyId } from "../../src/crypto/azure-keyvault.js";
 import type { AzureKeyVaultProviderOptions, AzureTokenCredential } from "../../src/crypto/azure-keyvault.js";
 import { segmentFileIdentity } from "../../src/crypto/encryption-context.js";
 import type { EncryptionContext } from "../../src/crypto/encryption-context.js";
 import { KmsError } from "../../src/crypto/kms.js";
 import { openKeyProvider } from "../../src/crypto/open-key-provider.js";
 import { SegmentRecordCipher } from "../../src/crypto/record-cipher.js";
+import { encryptionSettingsOf } from "../../src/server/encryption-settings.js";
 import { TestCa } from "../helpers/certs.js";
 import { FAKE_AZURE_TOKEN, FakeAzureKeyVault } from "./fake-azure-keyvault.js";
 
@@ -267,5 +268,27 @@ describe("azure-keyvault provider through @azure/keyvault-keys", () => {
   it("parses key ids", () => {
     expect(parseAzureKeyId("https://v.vault.azure.net/keys/k")).toEqual({ vault: "https://v.vault.azure.net", name: "k", version: undefined });
     expect(parseAzureKeyId("https://v.vault.azure.net/keys/k/abc123")).toMatchObject({ version: "abc123" });
+  });
+});
+
+describe("verity-server settings for gcp-kms and azure-keyvault", () => {
+  const section = (kmsProvider: "gcp-kms" | "azure-keyvault", kmsKeyId: string) => ({
+    enabled: true, kmsProvider, kmsKeyId, kmsEndpoint: "https://127.0.0.1:8443", region: undefined, kmsPreviousKeyIds: ["old"],
+  });
+
+  it("gcp-kms uses Application Default Credentials, kms_endpoint and kms_previous_key_ids", () => {
+    const key = "projects/p/locations/l/keyRings/r/cryptoKeys/k";
+    expect(encryptionSettingsOf(section("gcp-kms", key), {})).toEqual({
+      provider: "gcp-kms", keyId: key, credentials: "application-default", endpoint: "https://127.0.0.1:8443", previousKeyIds: ["old"],
+    });
+  });
+
+  it("azure-keyvault takes a service principal from the environment, all three variables or none", () => {
+    const key = "https://v.vault.azure.net/keys/k";
+    const mapped = encryptionSettingsOf(section("azure-keyvault", key), { AZURE_TENANT_ID: "t", AZURE_CLIENT_ID: "c", AZURE_CLIENT_SECRET: "s" });
+    expect(mapped).toMatchObject({ provider: "azure-keyvault", keyId: key, endpoint: "https://127.0.0.1:8443", previousKeyIds: ["old"] });
+    expect(typeof (mapped as { credential: AzureTokenCredential }).credential.getToken).toBe("function");
+    expect(() => azureCredentialFromEnvironment({ AZURE_TENANT_ID: "t" })).toThrow(/AZURE_TENANT_ID set but AZURE_CLIENT_ID, AZURE_CLIENT_SECRET not/);
+    expect(() => azureCredentialFromEnvironment({})).not.toThrow();
   });
 });
