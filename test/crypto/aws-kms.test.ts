@@ -163,6 +163,21 @@ describe.each(sdks)("aws-kms provider through %s", (_name, sdk) => {
     expect(error.message).toMatch(/kms_endpoint/);
   });
 
+  it("through openKeyProvider: unreachable fails after the retries naming the endpoint; revoked and wrong keys stop the start at once", async () => {
+    const settings = { provider: "aws-kms", keyId: key.arn, region: fake.region, endpoint: fake.endpoint, credentials: CREDENTIALS, sdk } as const;
+    let retries = 0;
+    const retry = { attemptsMax: 3, sleep: noSleep, onRetry: () => { retries++; } };
+    fake.setKeyState(key.keyId, "Disabled");
+    expect(expectKmsError(await caught(openKeyProvider(settings, { retry })), ErrorCode.PERMISSION_DENIED, GrpcStatus.PERMISSION_DENIED).message).toMatch(/disabled/);
+    expectKmsError(await caught(openKeyProvider({ ...settings, keyId: "alias/no-such-key" }, { retry })), ErrorCode.NOT_FOUND, GrpcStatus.NOT_FOUND);
+    expect(retries).toBe(0);
+    await fake.stop();
+    const error = expectKmsError(await caught(openKeyProvider(settings, { retry })), ErrorCode.UNAVAILABLE, GrpcStatus.UNAVAILABLE);
+    expect(retries).toBe(2);
+    expect(error.message).toContain(`aws-kms at ${fake.endpoint}`);
+    expect(error.message).toMatch(/Gave up after 3 attempts/);
+  });
+
   it("start-up retries succeed once the KMS comes back", async () => {
     const port = fake.port;
     await fake.stop();

@@ -225,6 +225,15 @@ describe("azure-keyvault provider through @azure/keyvault-keys", () => {
     expect(error.message).toMatch(/kms_endpoint/);
   });
 
+  it("through openKeyProvider, a revoked key or a wrong key id stops the start at once (no retries)", async () => {
+    let retries = 0;
+    const retry = { attemptsMax: 3, sleep: noSleep, onRetry: () => { retries++; } };
+    vault.setEnabled("verity", false);
+    expectKmsError(await caught(openKeyProvider({ provider: "azure-keyvault", ...options() }, { retry })), ErrorCode.PERMISSION_DENIED);
+    expectKmsError(await caught(openKeyProvider({ provider: "azure-keyvault", ...options({ keyId: `${vault.url}/keys/missing` }) }, { retry })), ErrorCode.NOT_FOUND);
+    expect(retries).toBe(0);
+  });
+
   it("start-up retries succeed once Key Vault comes back", async () => {
     await vault.stop();
     const opened = await openKeyProvider({ provider: "azure-keyvault", ...options() }, {

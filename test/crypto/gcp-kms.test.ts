@@ -198,6 +198,15 @@ describe("gcp-kms provider through @google-cloud/kms", () => {
     expect(performance.now() - started).toBeLessThan(10_000);
   });
 
+  it("through openKeyProvider, a revoked key or a wrong key id stops the start at once (no retries)", async () => {
+    let retries = 0;
+    const retry = { attemptsMax: 3, sleep: noSleep, onRetry: () => { retries++; } };
+    fake.setVersionState(keyName, "DISABLED");
+    expectKmsError(await caught(openKeyProvider({ provider: "gcp-kms", ...options() }, { retry })), ErrorCode.PERMISSION_DENIED);
+    expectKmsError(await caught(openKeyProvider({ provider: "gcp-kms", ...options({ keyId: `${keyName}-missing` }) }, { retry })), ErrorCode.NOT_FOUND);
+    expect(retries).toBe(0);
+  });
+
   it("start-up retries succeed once the KMS comes back", async () => {
     await fake.stop();
     const opened = await openKeyProvider({ provider: "gcp-kms", ...options() }, {

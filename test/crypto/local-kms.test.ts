@@ -234,3 +234,42 @@ describe("openKeyProvider with kms_provider = \"local\"", () => {
     expect(attempts).toBe(0); // not retryable: retrying cannot fix a file mode
   });
 });
+
+describe("openKeyProvider with kms_provider = \"local\": the failure scenarios every provider is tested for", () => {
+  it("a wrong kms_key_id (no such file) is NOT_FOUND naming the path, at once: retrying cannot create the file", async () => {
+    let attempts = 0;
+    const missing = join(dir, "no-such.key");
+    const error = await caught(openKeyProvider({ provider: "local", keyId: missing }, { retry: { onRetry: () => attempts++ } }));
+    expect(error).toBeInstanceOf(KmsError);
+    expect((error as KmsError).code).toBe(ErrorCode.NOT_FOUND);
+    expect((error as KmsError).message).toContain(missing);
+    expect((error as KmsError).message).toContain("kms_key_id");
+    expect(attempts).toBe(0);
+  });
+
+  it("an unusable key path (a directory) stops the start at once with an error naming it", async () => {
+    let attempts = 0;
+    const error = await caught(openKeyProvider({ provider: "local", keyId: dir }, { retry: { onRetry: () => attempts++ } }));
+    expect(error).toBeInstanceOf(VerityError);
+    expect((error as VerityError).message).toContain(dir);
+    expect(attempts).toBe(0);
+  });
+
+  it("a revoked key file (replaced by another master key) keeps the node from unwrapping: CorruptionError naming the file and both keys", async () => {
+    await initLocalKeyFile(keyFile);
+    const before = await openKeyProvider({ provider: "local", keyId: keyFile });
+    const dataKey = await before.provider.generateDataKey(CONTEXT);
+    await before.provider.close();
+    await rm(keyFile);
+    await initLocalKeyFile(keyFile);
+    const after = await openKeyProvider({ provider: "local", keyId: keyFile });
+    try {
+      const error = await caught(after.provider.unwrap(dataKey.wrapped, CONTEXT, { keyId: dataKey.keyId, location: HEADER_AT }));
+      expect(error).toBeInstanceOf(CorruptionError);
+      expect((error as CorruptionError).message).toContain("log/00000005.segment");
+      expect((error as CorruptionError).message).toContain(dataKey.keyId);
+    } finally {
+      await after.provider.close();
+    }
+  });
+});
