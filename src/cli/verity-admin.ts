@@ -18,6 +18,8 @@ import { addTenantCommands } from "./admin-tenant-commands.js";
 import { addProjectionCommands } from "./admin-projection-commands.js";
 import { addDoctorCommand } from "./admin-doctor.js";
 import { addDiagnosticsCommands } from "./admin-diagnostics.js";
+import { addEncryptionCommands } from "./admin-encryption-commands.js";
+import { openDumpCiphers } from "./admin-log-keys.js";
 import { jsonOption } from "./admin-connection.js";
 import { ADMIN_NAME, printJson, runAdmin, usageFailure } from "./admin-output.js";
 
@@ -85,32 +87,50 @@ function printProjections(p: ProjectionsReport): void {
   out.write(p.ok ? `OK: ${p.tenants.length} tenants' projections checked\n` : "FAILED: projections that do not match the log were found\n");
 }
 
-async function dumpCommand(dataDir: string, from: number, limit: number, json: boolean): Promise<number> {
+async function dumpCommand(dataDir: string, from: number, limit: number, json: boolean, config: string | undefined): Promise<number> {
   let damaged = false;
-  for await (const item of dumpLog(new NodeFileSystem(), await logDirOf(dataDir), from, limit)) {
-    if ("damage" in item) {
-      damaged = true;
-      const msg = `DAMAGE: ${item.file} at byte offset ${item.offset}: ${item.damage}`;
-      if (json) process.stdout.write(JSON.stringify({ file: item.file, offset: item.offset, damage: item.damage }) + "\n");
-      else process.stdout.write(msg + "\n");
-      break;
+  let sealedSeen = false;
+  const logDir = await logDirOf(dataDir);
+  const keys = config === undefined ? undefined : await openDumpCiphers(config, dataDir);
+  try {
+    for await (const item of dumpLog(new NodeFileSystem(), logDir, from, limit, "log/", keys?.cipherFor)) {
+      if ("damage" in item) {
+        damaged = true;
+        const msg = `DAMAGE: ${item.file} at byte offset ${item.offset}: ${item.damage}`;
+        if (json) process.stdout.write(JSON.stringify({ file: item.file, offset: item.offset, damage: item.damage }) + "\n");
+        else process.stdout.write(msg + "\n");
+        break;
+      }
+      const e = item.entry;
+      const payload = Buffer.from(e.payload);
+      if (item.sealed) {
+        sealedSeen = true;
+        if (json) {
+          process.stdout.write(JSON.stringify({ index: e.index, term: e.term, kind: e.kind, tenant: e.tenant, file: item.file, offset: item.offset, encrypted: true, sealed_bytes: payload.length }) + "\n");
+        } else {
+          process.stdout.write(`index=${e.index} term=${e.term} kind=${e.kind} tenant=${e.tenant === "" ? "-" : e.tenant} sealed_bytes=${payload.length} at=${item.file}:${item.offset} (encrypted)\n`);
+        }
+      } else if (json) {
+        process.stdout.write(
+          JSON.stringify({
+            index: e.index, term: e.term, kind: e.kind, tenant: e.tenant, file: item.file, offset: item.offset,
+            payload_bytes: payload.length, payload_base64: payload.toString("base64"),
+          }) + "\n",
+        );
+      } else {
+        const preview = printable(payload);
+        process.stdout.write(
+          `index=${e.index} term=${e.term} kind=${e.kind} tenant=${e.tenant === "" ? "-" : e.tenant} bytes=${payload.length} ` +
+            `at=${item.file}:${item.offset} ${preview}\n`,
+        );
+      }
     }
-    const e = item.entry;
-    const payload = Buffer.from(e.payload);
-    if (json) {
-      process.stdout.write(
-        JSON.stringify({
-          index: e.index, term: e.term, kind: e.kind, tenant: e.tenant, file: item.file, offset: item.offset,
-          payload_bytes: payload.length, payload_base64: payload.toString("base64"),
-        }) + "\n",
-      );
-    } else {
-      const preview = printable(payload);
-      process.stdout.write(
-        `index=${e.index} term=${e.term} kind=${e.kind} tenant=${e.tenant === "" ? "-" : e.tenant} bytes=${payload.length} ` +
-          `at=${item.file}:${item.offset} ${preview}\n`,
-      );
-    }
+  } finally {
+    await keys?.close();
+  }
+  if (sealedSeen) {
+    process.stderr.write(`${NAME}: records of encrypted segments are shown without payloads: pass --config with the node's configuration ` +
+      "([encryption] and its key) to decrypt them\n");
   }
   return damaged ? ExitCode.FAILED : ExitCode.OK;
 }
@@ -151,6 +171,7 @@ export async function main(argv: string[]): Promise<void> {
               ...dataDirOption,
               from: { type: "number", default: 1, describe: "First index to print" },
               limit: { type: "number", default: 100, describe: "How many records at most" },
+              config: { type: "string", describe: "The node's configuration file: its [encryption] key decrypts the payloads of encrypted segments" },
             })
               .example("$0 log dump --data-dir /var/lib/verity --from 12340 --limit 10", "Ten records from index 12340")
               .example("$0 log dump --data-dir /var/lib/verity --json | jq .index", "Records as JSON lines")
@@ -159,7 +180,7 @@ export async function main(argv: string[]): Promise<void> {
               if (!Number.isSafeInteger(a.limit) || a.limit < 1) throw new Error("--limit must be a positive integer");
               return true;
             }),
-          (a) => runAdmin(a.json, () => dumpCommand(a["data-dir"], a.from, a.limit, a.json)),
+          (a) => runAdmin(a.json, () => dumpCommand(a["data-dir"], a.from, a.limit, a.json, a.config)),
         )
         .example("$0 log verify --data-dir /var/lib/verity", "Log integrity check")
         .demandCommand(1, "log needs a subcommand: verify or dump"),
@@ -176,7 +197,7 @@ export async function main(argv: string[]): Promise<void> {
     .epilogue("Exit codes: 0 ok, 1 a check failed or the operation was refused, 2 bad usage. Every command takes --json. See docs/admin.md.")
     .demandCommand(1, "a command is required")
     .fail(usageFailure(argv));
-  await addDiagnosticsCommands(addDoctorCommand(addProjectionCommands(addTenantCommands(addAdminCommands(parser))))).parseAsync();
+  await addEncryptionCommands(addDiagnosticsCommands(addDoctorCommand(addProjectionCommands(addTenantCommands(addAdminCommands(parser)))))).parseAsync();
 }
 
 await main(hideBin(process.argv));

@@ -6,15 +6,18 @@
  * matching the file name), every record's checksum, dense indexes inside and across segments (no
  * gap, no overlap), terms that never decrease, sealed segments that end exactly at a record
  * boundary, sealed segments' index files (missing or stale ones are noted; they are rebuilt on open).
+ * None of this needs keys: encrypted segments are checked the same way (the CRC covers the
+ * ciphertext); only `log dump` needs the key provider to show an encrypted record's payload.
  */
 
 import { posix as pathPosix } from "node:path";
 import { readFileIfExists } from "./atomic-file.js";
 import type { FileSystem } from "./fs-port.js";
 import { uuidFromBytes } from "./meta-state.js";
-import { decodeFrame } from "./record.js";
+import type { SegmentRecordCipher } from "../crypto/record-cipher.js";
+import { decodeFrame, decodeSealedFrame } from "./record.js";
 import { READ_LIMITS, readFully, scanSegment } from "./segment-scan.js";
-import { CURRENT_SEGMENT_NAME, decodeSegmentHeader, parseSealedSegmentName, sparseIndexName } from "./segment-header.js";
+import { CURRENT_SEGMENT_NAME, EncryptionAlgorithm, decodeSegmentHeader, parseSealedSegmentName, sparseIndexName, type SegmentHeader } from "./segment-header.js";
 import { decodeIndexFile } from "./sparse-index.js";
 import { SEGMENT_HEADER_BYTES, SEGMENT_READ_CHUNK_BYTES } from "../limits.js";
 import type { LogEntry } from "./types.js";
@@ -85,6 +88,10 @@ export async function verifyLog(fs: FileSystem, dir: string, displayPrefix = "lo
     if (p.severity === "corruption") report.ok = false;
   };
   const listed = await listSegments(fs, dir);
+  if ((await fs.stat(pathPosix.join(dir, "rewrap.intent"))) !== undefined) {
+    problem({ severity: "note", file: displayPrefix + "rewrap.intent", offset: undefined, index: undefined,
+      reason: "a segment header re-wrap (key rotation) was interrupted; the node finishes it on its next start" });
+  }
   if ((await fs.stat(pathPosix.join(dir, "truncate.intent"))) !== undefined) {
     problem({ severity: "note", file: displayPrefix + "truncate.intent", offset: undefined, index: undefined,
       reason: "a suffix truncation was interrupted; the node completes it on its next start" });
@@ -172,13 +179,18 @@ async function checkIndexFile(
   }
 }
 
+/** Gives the record cipher of an encrypted segment (undefined: its payloads are not shown). */
+export type DumpCipherSource = (header: SegmentHeader, file: string) => Promise<SegmentRecordCipher | undefined>;
+
 /**
  * Reads records in index order from `from`, at most `limit`, straight from the segment files, for
- * `log dump`. Stops at the first damaged record and reports it as the last item.
+ * `log dump`. Stops at the first damaged record and reports it as the last item. In an encrypted
+ * segment, payloads are opened with `cipherFor` when given (a record that does not authenticate is
+ * reported as damage); without it, entries come with `sealed: true` and the sealed bytes as payload.
  */
 export async function* dumpLog(
-  fs: FileSystem, dir: string, from: number, limit: number, displayPrefix = "log/",
-): AsyncGenerator<{ file: string; offset: number; entry: LogEntry } | { file: string; offset: number; damage: string }> {
+  fs: FileSystem, dir: string, from: number, limit: number, displayPrefix = "log/", cipherFor?: DumpCipherSource,
+): AsyncGenerator<{ file: string; offset: number; entry: LogEntry; sealed: boolean } | { file: string; offset: number; damage: string }> {
   let emitted = 0;
   for (const item of await listSegments(fs, dir)) {
     if (emitted >= limit) return;
@@ -192,6 +204,15 @@ export async function* dumpLog(
         yield { file: displayPrefix + item.name, offset: 0, damage: h.reason };
         return;
       }
+      const file = displayPrefix + item.name;
+      const encrypted = h.header.encryption.algorithm !== EncryptionAlgorithm.NONE;
+      let cipher: SegmentRecordCipher | undefined;
+      try {
+        cipher = encrypted && cipherFor !== undefined ? await cipherFor(h.header, file) : undefined;
+      } catch (e) {
+        yield { file, offset: 0, damage: e instanceof Error ? e.message : String(e) };
+        return;
+      }
       let position = SEGMENT_HEADER_BYTES;
       let buf = Buffer.allocUnsafe(SEGMENT_READ_CHUNK_BYTES);
       // Bounded by the file size: every pass consumes a frame, grows the buffer once, or returns.
@@ -199,7 +220,13 @@ export async function* dumpLog(
         const got = await readFully(handle, buf.subarray(0, Math.min(buf.length, size - position)), position);
         let offset = 0;
         while (offset < got && emitted < limit) {
-          const r = decodeFrame(buf, offset, got, READ_LIMITS);
+          let r: ReturnType<typeof decodeFrame>;
+          try {
+            r = cipher === undefined ? decodeFrame(buf, offset, got, READ_LIMITS)
+              : decodeSealedFrame(buf, offset, got, READ_LIMITS, cipher, { file, fileOffset: position + offset });
+          } catch (e) {
+            r = { status: "invalid", reason: e instanceof Error ? e.message : String(e) };
+          }
           if (r.status === "incomplete" && position + offset + r.needBytes <= size) {
             if (offset === 0) buf = Buffer.allocUnsafe(r.needBytes);
             break;
@@ -209,7 +236,7 @@ export async function* dumpLog(
             return;
           }
           if (r.entry.index >= from) {
-            yield { file: displayPrefix + item.name, offset: position + offset, entry: r.entry };
+            yield { file: displayPrefix + item.name, offset: position + offset, entry: r.entry, sealed: encrypted && cipher === undefined };
             emitted++;
           }
           offset += r.frameBytes;
