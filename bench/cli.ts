@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- [log] [--data-dir D] [--seconds S]` and
+ * `npm run bench -- [log] [--data-dir D] [--seconds S] [--encryption local]` and
  * `npm run bench -- cluster [--seconds S] [--clients N] [--skip-etcd]` and
  * `npm run bench -- projections [--events N]`: the benchmarks and their report.
  */
@@ -7,7 +7,7 @@
 import { join, resolve } from "node:path";
 import { hideBin } from "yargs/helpers";
 import yargs from "yargs";
-import { logBench } from "./log-bench.js";
+import { logBench, logEncryptionBench } from "./log-bench.js";
 import { clusterBench } from "./cluster-bench.js";
 import { projectionsBench } from "./projections-bench.js";
 
@@ -22,9 +22,11 @@ await yargs(hideBin(process.argv))
       y.options({
         "data-dir": { type: "string", describe: "Keep the written log in this data directory (for log verify)" },
         seconds: { type: "number", default: 3, describe: "Seconds per case" },
+        encryption: { choices: ["none", "local"] as const, default: "none" as const, describe: "local: run plaintext and encrypted (local key file) cases side by side and report the ratio" },
       }),
     async (a) => {
-      await logBench({ dataDir: a["data-dir"], seconds: a.seconds, resultsDir: join(root, "bench", "results") });
+      if (a.encryption === "local") await logEncryptionBench({ seconds: a.seconds, resultsDir: join(root, "bench", "results") });
+      else await logBench({ dataDir: a["data-dir"], seconds: a.seconds, resultsDir: join(root, "bench", "results") });
     },
   )
   .command(

@@ -7,6 +7,11 @@
  *
  * With --data-dir D the log is kept in D (as D/log), so `verity-admin log verify --data-dir D`
  * can check it afterwards.
+ *
+ * `npm run bench -- log --encryption local` (issue 9): the same cases on a plaintext log and on an
+ * encrypted one (a local master key file in a temporary directory), case by case in the same run
+ * (plain, then encrypted, so drift on a shared machine hits both), and reports encrypted / plain
+ * throughput per case; the target is >= 0.8. Writes bench/results/log-encryption.json.
  */
 
 import { mkdirSync, mkdtempSync, openSync, closeSync, writeSync, fdatasyncSync, rmSync, writeFileSync, unlinkSync } from "node:fs";
@@ -14,6 +19,9 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { randomFillSync, randomUUID } from "node:crypto";
 import { DataDir } from "../src/log/data-dir.js";
+import { initLocalKeyFile } from "../src/crypto/local-kms.js";
+import { openKeyProvider } from "../src/crypto/open-key-provider.js";
+import { RECORD_SEAL_OVERHEAD_BYTES } from "../src/crypto/crypto-limits.js";
 import { RecordKind } from "../src/log/types.js";
 import type { SegmentedLog } from "../src/log/segmented-log.js";
 
@@ -41,7 +49,7 @@ function percentile(sorted: Float64Array, p: number): number {
 async function runCase(log: SegmentedLog, recordBytes: number, appenders: number, seconds: number): Promise<LogCase> {
   const payload = randomFillSync(Buffer.alloc(recordBytes));
   const tenant = "bench";
-  const frame = recordBytes + 26 + tenant.length;
+  const frame = recordBytes + 26 + tenant.length + (log.encryption === undefined ? 0 : RECORD_SEAL_OVERHEAD_BYTES);
   const latencies: number[] = [];
   let records = 0;
   const start = performance.now();
@@ -149,6 +157,79 @@ export async function logBench(options: { dataDir?: string; seconds: number; res
     `256 B x 256: ${small.records_per_s} records/s (target >= 200000: ${result.met.records_per_s_256b_256 ? "met" : "NOT met"})`,
     keep ? `log kept in ${root}: verity-admin log verify --data-dir ${root}` : "",
     `results: ${join(options.resultsDir, "log.json")}`,
+  ];
+  process.stdout.write(out.join("\n") + "\n");
+}
+
+/** One case of the encryption comparison: the plain and encrypted runs and their throughput ratio. */
+export interface EncryptionCase {
+  record_bytes: number;
+  appenders: number;
+  plain_records_per_s: number;
+  encrypted_records_per_s: number;
+  ratio: number;
+  plain_p99_ms: number;
+  encrypted_p99_ms: number;
+}
+
+/** The encryption targets: encrypted / plain records per second, per case. */
+export const ENCRYPTION_RATIO_MIN = 0.8;
+
+export async function logEncryptionBench(options: { seconds: number; resultsDir: string }): Promise<void> {
+  const scratch = mkdtempSync(join(tmpdir(), "verity-bench-enc-"));
+  const keyFile = join(scratch, "master.key");
+  await initLocalKeyFile(keyFile);
+  const { provider, description } = await openKeyProvider({ provider: "local", keyId: keyFile });
+  const plainDir = await DataDir.open({ path: join(scratch, "plain") });
+  const encryptedDir = await DataDir.open({ path: join(scratch, "encrypted"), keyProvider: provider });
+  const cases: EncryptionCase[] = [];
+  try {
+    for (const recordBytes of [256, 4096]) {
+      for (const appenders of [1, 16, 256]) {
+        const plain = await runCase(plainDir.log, recordBytes, appenders, options.seconds);
+        const encrypted = await runCase(encryptedDir.log, recordBytes, appenders, options.seconds);
+        const c: EncryptionCase = {
+          record_bytes: recordBytes, appenders,
+          plain_records_per_s: plain.records_per_s, encrypted_records_per_s: encrypted.records_per_s,
+          ratio: round(encrypted.records_per_s / Math.max(1, plain.records_per_s), 3),
+          plain_p99_ms: plain.p99_ms, encrypted_p99_ms: encrypted.p99_ms,
+        };
+        cases.push(c);
+        process.stderr.write(`  ${recordBytes} B x ${appenders} appenders: plain ${c.plain_records_per_s}/s, encrypted ${c.encrypted_records_per_s}/s, ratio ${c.ratio}\n`);
+      }
+    }
+  } finally {
+    await plainDir.close();
+    await encryptedDir.close();
+    await provider.close();
+    rmSync(scratch, { recursive: true, force: true });
+  }
+  const headline = cases.filter((c) => c.appenders === 256);
+  const result = {
+    benchmark: "log-encryption",
+    run_id: randomUUID(),
+    node: process.version,
+    provider: description.provider,
+    sealing: "per record (AES-256-GCM, random 96-bit nonce, 28 bytes a record)",
+    seconds_per_case: options.seconds,
+    cases,
+    targets: { ratio_min: ENCRYPTION_RATIO_MIN },
+    met: Object.fromEntries(headline.map((c) => [`ratio_${c.record_bytes}b_256`, c.ratio >= ENCRYPTION_RATIO_MIN])),
+  };
+  mkdirSync(options.resultsDir, { recursive: true });
+  writeFileSync(join(options.resultsDir, "log-encryption.json"), JSON.stringify(result, null, 2) + "\n");
+  const line = (c: EncryptionCase) =>
+    `| ${String(c.record_bytes).padStart(6)} | ${String(c.appenders).padStart(9)} | ${String(c.plain_records_per_s).padStart(9)} | ` +
+    `${String(c.encrypted_records_per_s).padStart(9)} | ${c.ratio.toFixed(3).padStart(5)} | ${c.plain_p99_ms.toFixed(3).padStart(8)} | ${c.encrypted_p99_ms.toFixed(3).padStart(8)} |`;
+  const out = [
+    "",
+    "log append benchmark, plaintext versus encrypted (local key file, fsync on, same run)",
+    "| record | appenders |  plain/s | encrypted/s | ratio | plain p99 | enc. p99 |",
+    "|-------:|----------:|---------:|------------:|------:|----------:|---------:|",
+    ...cases.map(line),
+    "",
+    ...headline.map((c) => `${c.record_bytes} B x 256: encrypted/plain = ${c.ratio} (target >= ${ENCRYPTION_RATIO_MIN}: ${c.ratio >= ENCRYPTION_RATIO_MIN ? "met" : "NOT met"})`),
+    `results: ${join(options.resultsDir, "log-encryption.json")}`,
   ];
   process.stdout.write(out.join("\n") + "\n");
 }
