@@ -9,7 +9,7 @@
  * - offline (the default; it needs only the data directory): the event index's applied position,
  *   `state/events.sqlite` table `applied`. The node applies only committed entries, and stores the
  *   position with every applied batch in one transaction, so it is a lower bound of the commit
- *   index, a few milliseconds behind it.
+ *   index, a few milliseconds behind it. An encrypted index needs the node's key provider (--config).
  * - the Admin API (`--node-endpoint` and the TLS flags): NodeStatus.commitIndex of that node,
  *   checked to be the node whose `meta/state.json` the data directory holds.
  *
@@ -23,6 +23,9 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3-multiple-ciphers";
 import { AdminApi, type ClientTlsFiles } from "../client/admin-client.js";
+import type { AtRestEncryption } from "../crypto/at-rest.js";
+import { eventIndexFileIdentity } from "../crypto/encryption-context.js";
+import { isSqliteCorruption, keyConnection, keySidecarPath, openDatabaseKey, sqliteCorruptionError } from "../projections/sqlite-encryption.js";
 import { ErrorCode, FailedPreconditionError, VerityError } from "../errors.js";
 
 export interface CommitSource {
@@ -32,33 +35,51 @@ export interface CommitSource {
   commitIndex(): Promise<number>;
 }
 
-/** The applied position of `<dataDir>/state/events.sqlite`; 0 while the node has not created it. */
-export function eventIndexPosition(dataDir: string): number {
+/**
+ * The applied position of `<dataDir>/state/events.sqlite`; 0 while the node has not created it. An
+ * encrypted index (state/events.key beside it) needs `encryption` (the node's key provider from
+ * `--config`); without it the error says to give --config or --node-endpoint.
+ */
+export async function eventIndexPosition(dataDir: string, encryption?: AtRestEncryption): Promise<number> {
   const path = join(dataDir, "state", "events.sqlite");
   if (!existsSync(path)) return 0;
+  let key: Buffer | undefined;
+  if (existsSync(keySidecarPath(path))) {
+    if (encryption === undefined) {
+      throw new FailedPreconditionError(
+        `the event index ${path} is encrypted (state/events.key): give the node's config file (--config <file> with its [encryption] section) ` +
+          "so its commit position can be read, or ask the running node with --node-endpoint (and the TLS flags)",
+      );
+    }
+    const keying = await openDatabaseKey(path, "state/events.sqlite", encryption, eventIndexFileIdentity());
+    if (keying.kind === "keyed") key = keying.key;
+  }
   let db: Database.Database | undefined;
   try {
     db = new Database(path, { readonly: true, fileMustExist: true });
+    if (key !== undefined) keyConnection(db, key);
     db.pragma("busy_timeout = 1000");
     const row = db.prepare("SELECT position FROM applied WHERE id = 1").get() as { position: number } | undefined;
     return row?.position ?? 0;
   } catch (e) {
     const message = e instanceof Error ? e.message : String(e);
     if (/no such table/.test(message)) return 0; // created, schema not written yet
+    if (isSqliteCorruption(e)) throw sqliteCorruptionError(path, e, key !== undefined);
     throw new VerityError(ErrorCode.UNAVAILABLE, `cannot read the commit position from ${path}: ${message}; check that this user can read the node's data directory`, { cause: e });
   } finally {
     db?.close();
+    key?.fill(0);
   }
 }
 
 export class EventIndexCommitSource implements CommitSource {
   readonly description: string;
-  constructor(private readonly dataDir: string) {
+  constructor(private readonly dataDir: string, private readonly encryption?: AtRestEncryption) {
     this.description = `event index ${join(dataDir, "state", "events.sqlite")} (applied position)`;
   }
 
   async commitIndex(): Promise<number> {
-    return eventIndexPosition(this.dataDir);
+    return eventIndexPosition(this.dataDir, this.encryption);
   }
 }
 

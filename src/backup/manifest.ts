@@ -55,6 +55,9 @@ export interface BackedUpSegment {
   readonly sealedAt?: string | undefined;
   /** Stream only: when the upload completed. */
   readonly uploadedAt?: string | undefined;
+  /** An encrypted segment: the KMS key that wraps its data key (its header's), and that key's version label. */
+  readonly keyId?: string | undefined;
+  readonly keyVersion?: string | undefined;
 }
 
 /** Who the backed-up node was: what a restore needs to write meta/state.json. */
@@ -85,8 +88,16 @@ export interface SnapshotManifest extends SourceIdentity {
   readonly createdAt: string;
   readonly segments: readonly BackedUpSegment[];
   /** Databases in the archive: the event index and each tenant's projections, each at or below `position`. */
-  readonly databases: readonly (ArchivedFile & { readonly appliedPosition: number; readonly tenant?: string | undefined })[];
+  readonly databases: readonly SnapshotDatabase[];
 }
+
+/** A database in a snapshot; an encrypted one comes with its key sidecar (its data key, wrapped). */
+export type SnapshotDatabase = ArchivedFile & {
+  readonly appliedPosition: number;
+  readonly tenant?: string | undefined;
+  /** The key sidecar (`projections.key`, `events.key`) of an encrypted database. */
+  readonly keyFile?: ArchivedFile | undefined;
+};
 
 function checksummed(body: Record<string, unknown>): Buffer {
   const text = JSON.stringify(body);
@@ -121,6 +132,8 @@ function segmentJson(s: BackedUpSegment): Record<string, unknown> {
   };
   if (s.sealedAt !== undefined) o.sealed_at = s.sealedAt;
   if (s.uploadedAt !== undefined) o.uploaded_at = s.uploadedAt;
+  if (s.keyId !== undefined) o.key_id = s.keyId;
+  if (s.keyVersion !== undefined) o.key_version = s.keyVersion;
   return o;
 }
 
@@ -175,6 +188,8 @@ class Reader {
         records: this.count(item, "records"), bytes: this.count(item, "bytes"), sha256: this.text(item, "sha256"),
         sealedAt: typeof item.sealed_at === "string" ? item.sealed_at : undefined,
         uploadedAt: typeof item.uploaded_at === "string" ? item.uploaded_at : undefined,
+        keyId: typeof item.key_id === "string" ? item.key_id : undefined,
+        keyVersion: typeof item.key_version === "string" ? item.key_version : undefined,
       };
       if (!HEX64.test(s.sha256)) this.fail(`segment ${s.key}: sha256 is not 64 hex digits`);
       const expectFirst = out.length === 0 ? 1 : out[out.length - 1]!.lastIndex + 1;
@@ -203,7 +218,10 @@ export function encodeSnapshotManifest(m: SnapshotManifest): Buffer {
     position: m.position,
     created_at: m.createdAt,
     segments: m.segments.map(segmentJson),
-    databases: m.databases.map((d) => ({ path: d.path, bytes: d.bytes, sha256: d.sha256, applied_position: d.appliedPosition, ...(d.tenant === undefined ? {} : { tenant: d.tenant }) })),
+    databases: m.databases.map((d) => ({
+      path: d.path, bytes: d.bytes, sha256: d.sha256, applied_position: d.appliedPosition, ...(d.tenant === undefined ? {} : { tenant: d.tenant }),
+      ...(d.keyFile === undefined ? {} : { key_file: { path: d.keyFile.path, bytes: d.keyFile.bytes, sha256: d.keyFile.sha256 } }),
+    })),
   });
 }
 
@@ -218,8 +236,15 @@ export function decodeSnapshotManifest(bytes: Uint8Array, displayName: string): 
   const databases = (body.databases as Record<string, unknown>[]).map((d) => ({
     path: r.text(d, "path"), bytes: r.count(d, "bytes"), sha256: r.text(d, "sha256"), appliedPosition: r.count(d, "applied_position"),
     tenant: typeof d.tenant === "string" ? d.tenant : undefined,
+    keyFile: typeof d.key_file === "object" && d.key_file !== null ? keyFileOf(r, d.key_file as Record<string, unknown>) : undefined,
   }));
   return { ...r.identity(body), position, createdAt: r.text(body, "created_at"), segments, databases };
+}
+
+function keyFileOf(r: Reader, o: Record<string, unknown>): ArchivedFile {
+  const f = { path: r.text(o, "path"), bytes: r.count(o, "bytes"), sha256: r.text(o, "sha256") };
+  if (!HEX64.test(f.sha256)) r.fail(`key file ${f.path}: sha256 is not 64 hex digits`);
+  return f;
 }
 
 /** The last index a manifest's segments hold (0 for none). */

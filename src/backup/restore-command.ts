@@ -5,6 +5,7 @@ import { NodeFileSystem } from "../log/node-fs.js";
 import { BackupUsageError, formatMs, formatRate, storeFor, tlsFiles, type S3Args } from "./cli-shared.js";
 import { ByteProgress } from "./progress.js";
 import { restore, type RestoreResult, type RestoreSource, type RestoreStart } from "./restore.js";
+import { openConfiguredKeyProvider } from "../cli/at-rest-config.js";
 
 export interface RestoreArgs extends S3Args {
   source: string;
@@ -17,6 +18,8 @@ export interface RestoreArgs extends S3Args {
   "tls-ca"?: string;
   "tls-cert"?: string;
   "tls-key"?: string;
+  /** A verity-server config file: its [encryption] key provider reads encrypted backups and encrypts the restored databases. */
+  config?: string;
   json: boolean;
 }
 
@@ -64,7 +67,13 @@ export async function restoreCommand(a: RestoreArgs): Promise<number> {
   const source: RestoreSource = a.source.startsWith("s3://") ? { kind: "s3", store: storeFor(a.source, a) } : { kind: "archive", path: a.source };
   if (source.kind === "archive" && (a.endpoint !== undefined || a["force-path-style"])) throw new BackupUsageError("--endpoint and --force-path-style go with an s3:// --source");
   const progress = new ByteProgress("verity-restore", 0, process.stderr.isTTY === true, a.json);
-  const r = await restore({ fs: new NodeFileSystem(), dataDir: a["data-dir"], source, position: a.position, force: a.force, start, progress });
+  const keyProvider = await openConfiguredKeyProvider(a.config);
+  let r: RestoreResult;
+  try {
+    r = await restore({ fs: new NodeFileSystem(), dataDir: a["data-dir"], source, position: a.position, force: a.force, start, progress, keyProvider });
+  } finally {
+    await keyProvider?.close();
+  }
   if (a.json) {
     process.stdout.write(JSON.stringify({
       ok: r.ok, data_dir: a["data-dir"], source: a.source, position: r.position, cluster_id: r.identity.clusterId, node_id: r.meta.nodeId,

@@ -22,6 +22,10 @@ import { open } from "node:fs/promises";
 import { once } from "node:events";
 import { dirname, join } from "node:path";
 import { AdminApi, type ClientTlsFiles } from "../client/admin-client.js";
+import type { AtRestEncryption } from "../crypto/at-rest.js";
+import type { KeyProvider } from "../crypto/kms.js";
+import { removeDatabaseFiles } from "../projections/sqlite-encryption.js";
+import { decryptArchive, inspectArchive } from "./archive-encryption.js";
 import { ErrorCode, FailedPreconditionError, VerityError, invariant } from "../errors.js";
 import { DirLock, LOCK_FILE_NAME } from "../log/dir-lock.js";
 import type { FileSystem } from "../log/fs-port.js";
@@ -76,6 +80,11 @@ export interface RestoreOptions {
   readonly force: boolean;
   readonly start: RestoreStart;
   readonly progress: ByteProgress;
+  /**
+   * The key provider from `--config` (the node's [encryption] section): needed to read an encrypted
+   * archive or encrypted segments, and makes the rebuilt databases encrypted. Undefined: plaintext.
+   */
+  readonly keyProvider?: KeyProvider | undefined;
 }
 
 export interface RestoreResult {
@@ -120,11 +129,12 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     mkdirSync(join(staging, "meta"), { recursive: true, mode: 0o700 });
     await writeMetaState(o.fs, join(staging, "meta", "state.json"), meta);
     const replayStarted = Date.now();
-    const replay = await replayStaged(o, staging, staged.identity.clusterId, position);
+    const encryption: AtRestEncryption | undefined = o.keyProvider === undefined ? undefined : { provider: o.keyProvider, clusterId: staged.identity.clusterId };
+    const replay = await replayStaged(o, staging, staged.identity.clusterId, position, encryption);
     const replayMs = Date.now() - replayStarted;
     await moveIntoPlace(staging, o.dataDir);
     const verify = await verifyLog(o.fs, join(o.dataDir, "log"));
-    const projections = verify.ok ? await verifyProjections(o.fs, o.dataDir, verify.lastIndex ?? 0) : undefined;
+    const projections = verify.ok ? await verifyProjections(o.fs, o.dataDir, verify.lastIndex ?? 0, encryption) : undefined;
     return {
       position, identity: staged.identity, meta, segments: staged.segments.length, bytes: staged.bytes, fetchMs, replayMs,
       durationMs: Date.now() - started, replay, databasesRestored: staged.databases.filter((d) => d.appliedPosition <= position).map((d) => d.path),
@@ -193,13 +203,17 @@ class HashingFile implements EntrySink {
 }
 
 /** The entries a snapshot may hold: anything else (a path with "..", an absolute path) is refused. */
-const ARCHIVE_PATH = /^(log\/(\d{8,10}|current)\.segment|state\/events\.sqlite|projections\/tenant_[^/]+\/projections\.sqlite|backup-manifest\.json)$/;
+const ARCHIVE_PATH = /^(log\/(\d{8,10}|current)\.segment|state\/events\.(sqlite|key)|projections\/tenant_[^/]+\/projections\.(sqlite|key)|backup-manifest\.json)$/;
 
 async function fetchArchive(o: RestoreOptions, staging: string): Promise<Staged> {
   const archive = (o.source as { path: string }).path;
   if (!existsSync(archive)) throw new FailedPreconditionError(`${archive} does not exist: give --source a snapshot archive (.tar.gz) or s3://bucket/prefix/`);
   const files = new Map<string, { bytes: number; sha256: string }>();
   let manifestBytes: Buffer | undefined;
+  const kind = inspectArchive(archive);
+  // Decrypted chunks are written only into the staging directory, which is moved into place only
+  // after the whole archive authenticated (a wrong key, damage or a cut stops the restore first).
+  const encrypted = kind.kind === "encrypted" ? { bodyOffset: kind.bodyOffset, decrypt: decryptArchive(archive, kind, o.keyProvider) } : undefined;
   o.progress.start("reading the archive", statSync(archive).size);
   await readTarGz(archive, (entry) => {
     if (entry.type !== "File" || !ARCHIVE_PATH.test(entry.path) || entry.path.split("/").includes("..")) {
@@ -221,13 +235,20 @@ async function fetchArchive(o: RestoreOptions, staging: string): Promise<Staged>
         files.set(entry.path, { bytes: sink.bytes, sha256: sink.hash.digest("hex") });
       },
     };
-  });
+  }, undefined, encrypted);
   o.progress.finish();
   if (manifestBytes === undefined) {
     throw new DamagedBackupError(archive, `the archive has no ${SNAPSHOT_MANIFEST_PATH}: it is not a VerityDB snapshot, or it was cut short`);
   }
   const manifest = decodeSnapshotManifest(manifestBytes, `${archive}:${SNAPSHOT_MANIFEST_PATH}`);
-  const expected = [...manifest.segments.map((s) => ({ path: s.key, bytes: s.bytes, sha256: s.sha256 })), ...manifest.databases];
+  if (kind.kind === "encrypted" && kind.context.clusterId !== manifest.clusterId) {
+    throw new DamagedBackupError(archive, `the archive was encrypted for cluster ${kind.context.clusterId} but its manifest names cluster ${manifest.clusterId}`);
+  }
+  const expected = [
+    ...manifest.segments.map((s) => ({ path: s.key, bytes: s.bytes, sha256: s.sha256 })),
+    ...manifest.databases,
+    ...manifest.databases.flatMap((d) => (d.keyFile === undefined ? [] : [d.keyFile])),
+  ];
   for (const e of expected) {
     const got = files.get(e.path);
     const name = `${archive}:${e.path}`;
@@ -308,7 +329,7 @@ async function cutLog(o: RestoreOptions, staging: string, staged: Staged): Promi
   const currentPath = join(staging, "log", CURRENT_SEGMENT_NAME);
   if ((tail.lastIndex > position || tail.staged.endsWith(CURRENT_SEGMENT_NAME)) && tailPath !== currentPath) renameSync(tailPath, currentPath);
   for (const d of staged.databases) {
-    if (d.appliedPosition > position) rmSync(join(staging, d.path), { force: true });
+    if (d.appliedPosition > position) removeDatabaseFiles(join(staging, d.path));
   }
   return position;
 }
@@ -343,8 +364,8 @@ async function clusterCommitIndex(peers: readonly string[], tls: ClientTlsFiles 
   return highest;
 }
 
-async function replayStaged(o: RestoreOptions, staging: string, clusterId: string, position: number): Promise<ReplayResult> {
-  const log = await SegmentedLog.open({ dir: join(staging, "log"), fs: o.fs, clusterId: uuidBytes(clusterId), displayPrefix: "log/" });
+async function replayStaged(o: RestoreOptions, staging: string, clusterId: string, position: number, encryption: AtRestEncryption | undefined): Promise<ReplayResult> {
+  const log = await SegmentedLog.open({ dir: join(staging, "log"), fs: o.fs, clusterId: uuidBytes(clusterId), displayPrefix: "log/", encryption });
   try {
     invariant(log.lastIndex === position, "the staged log ends at the position");
     o.progress.start("rebuilding the event index (positions)", position);
@@ -358,7 +379,7 @@ async function replayStaged(o: RestoreOptions, staging: string, clusterId: strin
         }
         o.progress.set(p);
       },
-    });
+    }, encryption);
     o.progress.finish();
     return result;
   } finally {

@@ -10,6 +10,7 @@ import type { FileSystem } from "../log/fs-port.js";
 import { uuidFromBytes } from "../log/meta-state.js";
 import { readFully, scanSegment } from "../log/segment-scan.js";
 import { SEGMENT_HEADER_BYTES } from "../limits.js";
+import { EncryptionAlgorithm } from "../log/segment-header.js";
 import { COPY_CHUNK_BYTES } from "./backup-limits.js";
 
 /** What a checked segment file holds. */
@@ -26,6 +27,9 @@ export interface SegmentContent {
   readonly lastTerm: number;
   /** Bytes of the file that hold the header and records up to `lastIndex` (the whole file unless cut). */
   readonly bytes: number;
+  /** An encrypted segment: the header's KMS key id and key version label (undefined for a plaintext one). */
+  readonly keyId?: string | undefined;
+  readonly keyVersion?: string | undefined;
 }
 
 export interface InspectOptions {
@@ -80,6 +84,10 @@ export async function inspectSegment(fs: FileSystem, path: string, options: Insp
       firstTerm,
       lastTerm,
       bytes: end === -1 ? SEGMENT_HEADER_BYTES : end,
+      ...(scan.header.encryption.algorithm === EncryptionAlgorithm.NONE ? {} : {
+        keyId: new TextDecoder().decode(scan.header.encryption.keyId),
+        keyVersion: scan.header.encryption.keyVersion ?? "",
+      }),
     };
   } finally {
     await handle.close();

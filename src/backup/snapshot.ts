@@ -6,7 +6,12 @@
  *   log/current.segment        the segment holding N, cut just after N's record (when N is inside one)
  *   projections/tenant_<id>/projections.sqlite, state/events.sqlite
  *                              the databases, each at an applied position at or below N
+ *   projections/tenant_<id>/projections.key, state/events.key
+ *                              with encryption on: each encrypted database's key sidecar (its data key, wrapped)
  *   backup-manifest.json       identity, N, every file's size and SHA-256, index ranges and terms
+ *
+ * With `[encryption]` on (`--config`), databases are copied encrypted, with their sidecars, and the
+ * whole archive is encrypted (archive-encryption.ts: a clear prologue, then chunk-cipher.ts).
  *
  * Consistency without stopping the node: the databases are copied first, with SQLite's online
  * backup (a consistent image, taken between the node's transactions), projections before the event
@@ -18,17 +23,23 @@
  * file first, so a seal renaming it mid-read does not matter.
  */
 
+import { createHash } from "node:crypto";
 import { copyFileSync, existsSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
 import { open } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import Database from "better-sqlite3-multiple-ciphers";
+import type { AtRestEncryption } from "../crypto/at-rest.js";
+import { eventIndexFileIdentity, projectionFileIdentity } from "../crypto/encryption-context.js";
 import { FailedPreconditionError, invariant } from "../errors.js";
+import { isSqliteCorruption, keyConnection, keySidecarPath, openDatabaseKey, sqliteCorruptionError } from "../projections/sqlite-encryption.js";
+import { encryptArchive } from "./archive-encryption.js";
+import { isTenantDirectoryName } from "../projections/projector.js";
 import type { FileSystem } from "../log/fs-port.js";
 import { hasSyscallCode } from "../log/fs-port.js";
 import { CURRENT_SEGMENT_NAME, parseSealedSegmentName } from "../log/segment-header.js";
 import { SNAPSHOT_LIST_ATTEMPTS_MAX, SQLITE_BACKUP_PAGES_PER_STEP } from "./backup-limits.js";
 import type { CommitSource } from "./commit-source.js";
-import { SNAPSHOT_MANIFEST_PATH, encodeSnapshotManifest, type BackedUpSegment, type SnapshotManifest } from "./manifest.js";
+import { SNAPSHOT_MANIFEST_PATH, encodeSnapshotManifest, type ArchivedFile, type BackedUpSegment, type SnapshotDatabase, type SnapshotManifest } from "./manifest.js";
 import type { ByteProgress } from "./progress.js";
 import { inspectSegment, type SegmentContent } from "./segment-file.js";
 import { readSourceMeta } from "./source-dir.js";
@@ -45,6 +56,12 @@ export interface SnapshotOptions {
   readonly output: string;
   readonly commit: CommitSource;
   readonly progress: ByteProgress;
+  /**
+   * The node's at-rest encryption (from `--config`): encrypted databases are copied encrypted (with
+   * their key sidecars), and the archive itself is encrypted (archive-encryption.ts). Needed when the
+   * databases are encrypted; undefined writes a plain archive.
+   */
+  readonly encryption?: AtRestEncryption | undefined;
 }
 
 export interface SnapshotResult {
@@ -63,6 +80,8 @@ interface CopiedDatabase {
   readonly copy: string;
   readonly appliedPosition: number;
   readonly tenant?: string;
+  /** An encrypted database's key sidecar: its path in the archive and the copy to archive. */
+  readonly keyFile?: { readonly path: string; readonly copy: string };
 }
 
 /** One segment to archive: the first `content.bytes` bytes of `source`. */
@@ -80,7 +99,7 @@ export async function takeSnapshot(o: SnapshotOptions): Promise<SnapshotResult> 
   const tmp = o.output + ".tmp";
   rmSync(tmp, { force: true });
   try {
-    const databases = await copyDatabases(o.dataDir, scratch);
+    const databases = await copyDatabases(o.dataDir, scratch, o.encryption);
     const commit = await o.commit.commitIndex();
     const position = o.position ?? commit;
     if (position < 1) throw new FailedPreconditionError(`nothing is committed yet on this node (the ${o.commit.description} says ${commit}): there is nothing to back up`);
@@ -92,20 +111,28 @@ export async function takeSnapshot(o: SnapshotOptions): Promise<SnapshotResult> 
     const omitted = databases.filter((d) => d.appliedPosition > position).map((d) => d.path);
     const total = segments.reduce((n, s) => n + s.content.bytes, 0) + kept.reduce((n, d) => n + statSync(d.copy).size, 0);
     o.progress.start("archiving", total);
-    const writer = new TarGzWriter(tmp);
+    const writer = new TarGzWriter(tmp, o.encryption === undefined ? undefined : await encryptArchive(o.encryption, basename(o.output)));
     let manifest: SnapshotManifest;
     try {
       const archived: BackedUpSegment[] = [];
       for (const s of segments) {
         const sha256 = await writer.addFile(s.archivePath, s.source, s.content.bytes, (n) => o.progress.add(n));
         const c = s.content;
-        archived.push({ sequence: c.sequence, key: s.archivePath, firstIndex: c.baseIndex, lastIndex: c.lastIndex, firstTerm: c.firstTerm, lastTerm: c.lastTerm, records: c.records, bytes: c.bytes, sha256 });
+        archived.push({
+          sequence: c.sequence, key: s.archivePath, firstIndex: c.baseIndex, lastIndex: c.lastIndex, firstTerm: c.firstTerm, lastTerm: c.lastTerm, records: c.records,
+          bytes: c.bytes, sha256, keyId: c.keyId, keyVersion: c.keyVersion,
+        });
       }
-      const files = [];
+      const files: SnapshotDatabase[] = [];
       for (const d of kept) {
         const bytes = statSync(d.copy).size;
         const sha256 = await writer.addFile(d.path, d.copy, bytes, (n) => o.progress.add(n));
-        files.push({ path: d.path, bytes, sha256, appliedPosition: d.appliedPosition, tenant: d.tenant });
+        let keyFile: ArchivedFile | undefined;
+        if (d.keyFile !== undefined) {
+          const keyBytes = statSync(d.keyFile.copy).size;
+          keyFile = { path: d.keyFile.path, bytes: keyBytes, sha256: await writer.addFile(d.keyFile.path, d.keyFile.copy, keyBytes) };
+        }
+        files.push({ path: d.path, bytes, sha256, appliedPosition: d.appliedPosition, tenant: d.tenant, keyFile });
       }
       const lastTerm = archived[archived.length - 1]?.lastTerm ?? 0;
       manifest = {
@@ -133,15 +160,30 @@ export async function takeSnapshot(o: SnapshotOptions): Promise<SnapshotResult> 
   }
 }
 
-/** SQLite's online backup of one database into `copy`; returns the copy's applied position. */
-async function copyDatabase(path: string, copy: string, positionSql: string): Promise<number> {
+/**
+ * A consistent copy of one database into `copy`; returns the copy's applied position. A plaintext
+ * database goes through SQLite's online backup (in steps); an encrypted one (`key`) through VACUUM
+ * INTO, which writes the copy encrypted with the same key (the online backup cannot copy between
+ * differently keyed databases), so no plaintext copy ever reaches the disk.
+ */
+async function copyDatabase(path: string, copy: string, positionSql: string, key: Buffer | undefined): Promise<number> {
   const source = new Database(path, { readonly: true, fileMustExist: true });
   try {
-    await source.backup(copy, { progress: () => SQLITE_BACKUP_PAGES_PER_STEP });
+    if (key === undefined) {
+      await source.backup(copy, { progress: () => SQLITE_BACKUP_PAGES_PER_STEP });
+    } else {
+      keyConnection(source, key);
+      source.pragma("busy_timeout = 5000");
+      source.exec(`VACUUM INTO '${copy.replace(/'/g, "''")}'`);
+    }
+  } catch (e) {
+    if (isSqliteCorruption(e)) throw sqliteCorruptionError(path, e, key !== undefined);
+    throw e;
   } finally {
     source.close();
   }
   const db = new Database(copy, { readonly: true, fileMustExist: true });
+  if (key !== undefined) keyConnection(db, key);
   try {
     return (db.prepare(positionSql).pluck().get() as number | undefined) ?? 0;
   } catch {
@@ -151,22 +193,56 @@ async function copyDatabase(path: string, copy: string, positionSql: string): Pr
   }
 }
 
+/**
+ * The key of an encrypted database (its sidecar unwrapped) and a copy of the sidecar in the scratch
+ * directory; undefined for a plaintext one. Encrypted databases need the key provider (`--config`).
+ */
+async function keyOf(dataDir: string, relative: string, fileIdentity: string, scratch: string, encryption: AtRestEncryption | undefined):
+  Promise<{ key: Buffer; keyFile: { path: string; copy: string } } | undefined> {
+  const sidecar = keySidecarPath(join(dataDir, relative));
+  if (!existsSync(sidecar)) return undefined;
+  if (encryption === undefined) {
+    throw new FailedPreconditionError(
+      `${relative} is encrypted (its data key is in ${keySidecarPath(relative)}): give verity-backup snapshot the node's config file ` +
+        "(--config <file> with its [encryption] section) so it can copy the databases; the archive is then encrypted too",
+    );
+  }
+  const keying = await openDatabaseKey(join(dataDir, relative), relative, encryption, fileIdentity);
+  invariant(keying.kind === "keyed", "a database with a sidecar is keyed");
+  const copy = join(scratch, `${createHash("sha256").update(relative).digest("hex").slice(0, 16)}.key`);
+  copyFileSync(sidecar, copy);
+  return { key: keying.key, keyFile: { path: keySidecarPath(relative), copy } };
+}
+
 /** Every tenant's projections, then the event index (see the module comment for the order). */
-async function copyDatabases(dataDir: string, scratch: string): Promise<CopiedDatabase[]> {
+async function copyDatabases(dataDir: string, scratch: string, encryption: AtRestEncryption | undefined): Promise<CopiedDatabase[]> {
   const out: CopiedDatabase[] = [];
   const projections = join(dataDir, "projections");
-  const tenantDirs = existsSync(projections) ? readdirSync(projections).filter((d) => d.startsWith("tenant_")).sort() : [];
+  const tenantDirs = existsSync(projections) ? readdirSync(projections).filter(isTenantDirectoryName).sort() : [];
   for (const dir of tenantDirs) {
     const path = join(projections, dir, PROJECTIONS_FILE_NAME);
     if (!existsSync(path)) continue;
+    const relative = `projections/${dir}/${PROJECTIONS_FILE_NAME}`;
+    const tenant = dir.slice("tenant_".length);
+    const keyed = await keyOf(dataDir, relative, projectionFileIdentity(tenant), scratch, encryption);
     const copy = join(scratch, `${dir}.sqlite`);
-    const appliedPosition = await copyDatabase(path, copy, "SELECT applied_position FROM _verity_state WHERE id = 1");
-    out.push({ path: `projections/${dir}/${PROJECTIONS_FILE_NAME}`, copy, appliedPosition, tenant: dir.slice("tenant_".length) });
+    try {
+      const appliedPosition = await copyDatabase(path, copy, "SELECT applied_position FROM _verity_state WHERE id = 1", keyed?.key);
+      out.push({ path: relative, copy, appliedPosition, tenant, ...(keyed === undefined ? {} : { keyFile: keyed.keyFile }) });
+    } finally {
+      keyed?.key.fill(0);
+    }
   }
   const events = join(dataDir, EVENT_INDEX_PATH);
   if (existsSync(events)) {
+    const keyed = await keyOf(dataDir, EVENT_INDEX_PATH, eventIndexFileIdentity(), scratch, encryption);
     const copy = join(scratch, "events.sqlite");
-    out.push({ path: EVENT_INDEX_PATH, copy, appliedPosition: await copyDatabase(events, copy, "SELECT position FROM applied WHERE id = 1") });
+    try {
+      const appliedPosition = await copyDatabase(events, copy, "SELECT position FROM applied WHERE id = 1", keyed?.key);
+      out.push({ path: EVENT_INDEX_PATH, copy, appliedPosition, ...(keyed === undefined ? {} : { keyFile: keyed.keyFile }) });
+    } finally {
+      keyed?.key.fill(0);
+    }
   }
   return out;
 }

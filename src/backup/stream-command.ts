@@ -12,6 +12,7 @@ import { StreamMetrics, serveMetrics } from "./stream-metrics.js";
 import { runStream } from "./stream-runner.js";
 import { Streamer, percentile, type UploadReport } from "./streamer.js";
 import { readSourceMeta, resolveSource } from "./source-dir.js";
+import { openConfiguredKeyProvider } from "../cli/at-rest-config.js";
 
 export interface StreamArgs extends S3Args {
   source: string;
@@ -22,6 +23,8 @@ export interface StreamArgs extends S3Args {
   "tls-cert"?: string;
   "tls-key"?: string;
   "metrics-address"?: string;
+  /** The node's config file: its key provider reads an encrypted event index (the commit position). */
+  config?: string;
   json: boolean;
 }
 
@@ -68,8 +71,11 @@ export async function streamCommand(a: StreamArgs): Promise<number> {
   const store = storeFor(a.destination, a);
   const tls = tlsFiles(a);
   const meta = await readSourceMeta(fs, source.dataDir);
+  // Segments are uploaded as they are on disk (encrypted ones stay encrypted); the key provider is
+  // needed only to read an encrypted event index's commit position.
+  const provider = a["node-endpoint"] === undefined ? await openConfiguredKeyProvider(a.config) : undefined;
   const commit: CommitSource = a["node-endpoint"] === undefined
-    ? new EventIndexCommitSource(source.dataDir)
+    ? new EventIndexCommitSource(source.dataDir, provider === undefined ? undefined : { provider, clusterId: meta.clusterId })
     : new AdminCommitSource(a["node-endpoint"], tls, meta.nodeId);
   const streamer = new Streamer({ fs, source, store, commit, onUpload: (r) => onUpload(r) });
   const metrics = new StreamMetrics(streamer.stats);
@@ -98,6 +104,7 @@ export async function streamCommand(a: StreamArgs): Promise<number> {
     process.removeListener("SIGINT", onSignal);
     server?.close();
     server?.closeAllConnections(); // a scraper's keep-alive connection must not hold the exit
+    await provider?.close();
     out(summary(streamer, store.location, commit, a.json, Date.now() - started));
   }
   return ExitCode.OK;

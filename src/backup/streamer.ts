@@ -212,6 +212,7 @@ export class Streamer {
       lastTerm: content.lastTerm, records: content.records, bytes: content.bytes, sha256,
       sealedAt: file.sealedAtMs === undefined ? undefined : new Date(file.sealedAtMs).toISOString(),
       uploadedAt: new Date(finished).toISOString(),
+      keyId: content.keyId, keyVersion: content.keyVersion,
     };
     await this.writeManifest({
       clusterId: manifest.clusterId, nodeId: meta.nodeId, term: Math.max(meta.term, content.lastTerm, manifest.term),

@@ -11,7 +11,8 @@ import { open } from "node:fs/promises";
 import { once } from "node:events";
 import { createGunzip, createGzip, type Gzip } from "node:zlib";
 import { Header } from "tar";
-import { CorruptionError, InvalidArgumentError, QuotaExceededError, invariant } from "../errors.js";
+import type { Transform } from "node:stream";
+import { CorruptionError, InvalidArgumentError, QuotaExceededError, VerityError, invariant } from "../errors.js";
 import { ARCHIVE_ENTRIES_MAX, COPY_CHUNK_BYTES } from "./backup-limits.js";
 import { DamagedBackupError } from "./manifest.js";
 
@@ -54,10 +55,23 @@ export class TarGzWriter {
   private entries = 0;
   private failure: Error | undefined;
 
-  constructor(readonly path: string) {
+  /**
+   * `encryption`: an encrypted archive (archive-encryption.ts): the prologue is written in the clear,
+   * then the tar.gz goes through `encrypt` into the file.
+   */
+  constructor(readonly path: string, encryption?: { readonly prologue: Buffer; readonly encrypt: Transform }) {
     this.file = createWriteStream(path, { flags: "wx", mode: 0o600 });
     this.gzip = createGzip({ level: SNAPSHOT_GZIP_LEVEL });
-    this.gzip.pipe(this.file);
+    if (encryption === undefined) {
+      this.gzip.pipe(this.file);
+    } else {
+      this.file.write(encryption.prologue);
+      encryption.encrypt.on("error", (e) => {
+        this.failure ??= e;
+        this.gzip.destroy(e);
+      });
+      this.gzip.pipe(encryption.encrypt).pipe(this.file);
+    }
     const fail = (e: Error): void => {
       this.failure ??= e;
     };
@@ -158,12 +172,22 @@ export async function readTarGz(
   onEntry: (entry: ArchiveEntry) => Promise<EntrySink | undefined> | EntrySink | undefined,
   /** Compressed bytes read from the archive so far (for progress). */
   onArchiveBytes?: (n: number) => void,
+  /**
+   * An encrypted archive (archive-encryption.ts): the tar.gz starts at `bodyOffset` and goes through
+   * `decrypt`, whose failure (wrong key, damage, a cut) ends the read with its CorruptionError.
+   */
+  encrypted?: { readonly bodyOffset: number; readonly decrypt: Transform },
 ): Promise<number> {
-  const source = createReadStream(archive, { highWaterMark: COPY_CHUNK_BYTES });
+  const source = createReadStream(archive, { highWaterMark: COPY_CHUNK_BYTES, start: encrypted?.bodyOffset ?? 0 });
   if (onArchiveBytes !== undefined) source.on("data", (chunk) => onArchiveBytes(chunk.length));
   const gunzip = createGunzip({ chunkSize: GUNZIP_CHUNK_BYTES });
   source.on("error", (e) => gunzip.destroy(e));
-  source.pipe(gunzip);
+  if (encrypted === undefined) {
+    source.pipe(gunzip);
+  } else {
+    encrypted.decrypt.on("error", (e) => gunzip.destroy(e));
+    source.pipe(encrypted.decrypt).pipe(gunzip);
+  }
   let pending: Buffer = Buffer.alloc(0);
   let state: { entry: ArchiveEntry; sink: EntrySink | undefined; remaining: number; padding: number } | undefined;
   let entries = 0;
@@ -218,7 +242,8 @@ export async function readTarGz(
   } catch (e) {
     gunzip.destroy();
     source.destroy();
-    if (e instanceof CorruptionError) throw e;
+    encrypted?.decrypt.destroy();
+    if (e instanceof CorruptionError || e instanceof VerityError) throw e;
     const code = (e as NodeJS.ErrnoException).code;
     if (code === "Z_BUF_ERROR" || code === "Z_DATA_ERROR" || code === "ERR_STREAM_PREMATURE_CLOSE") {
       throw broken(`the gzip data is damaged or cut short (${(e as Error).message})`);
@@ -227,6 +252,7 @@ export async function readTarGz(
   }
   gunzip.destroy();
   source.destroy();
+  encrypted?.decrypt.destroy();
   if (state !== undefined && state.remaining === 0 && state.padding === 0) {
     await state.sink?.end();
     state = undefined;

@@ -10,6 +10,7 @@ import { cli } from "./common.js";
 import { jsonFlag, runTool, s3Options, tlsFlags } from "../backup/cli-shared.js";
 import { streamCommand } from "../backup/stream-command.js";
 import { snapshotCommand } from "../backup/snapshot-command.js";
+import { encryptionConfigFlag } from "./at-rest-config.js";
 
 const NAME = "verity-backup";
 
@@ -27,6 +28,7 @@ await cli(NAME, hideBin(process.argv), "Back up a VerityDB node: stream sealed s
           "node-endpoint": { type: "string", describe: "Ask this node's Admin API (its client address) for the commit index instead of reading its event index" },
           ...tlsFlags,
           "metrics-address": { type: "string", describe: "Serve Prometheus metrics on host:port (GET /metrics)" },
+          ...encryptionConfigFlag,
           ...jsonFlag,
         })
         .example("$0 stream --source /var/lib/verity/log --destination s3://verity-backups/production/", "Stream to AWS S3 until stopped")
@@ -45,10 +47,12 @@ await cli(NAME, hideBin(process.argv), "Back up a VerityDB node: stream sealed s
           output: { type: "string", demandOption: true, describe: "The archive to write (.tar.gz); refused if it exists" },
           "node-endpoint": { type: "string", describe: "Ask this node's Admin API for the commit index instead of reading its event index" },
           ...tlsFlags,
+          ...encryptionConfigFlag,
           ...jsonFlag,
         })
         .example("$0 snapshot --data-dir /var/lib/verity --position 12345 --output /backups/verity-12345.tar.gz", "The log up to index 12345")
-        .example("$0 snapshot --data-dir /var/lib/verity --output /backups/verity-now.tar.gz", "Up to the current commit index"),
+        .example("$0 snapshot --data-dir /var/lib/verity --output /backups/verity-now.tar.gz", "Up to the current commit index")
+        .example("$0 snapshot --data-dir /var/lib/verity --config /etc/verity/config.toml --output /backups/verity-now.tar.gz", "Encryption on: the archive is encrypted with the config's key"),
     (a) => runTool(NAME, a.json, () => snapshotCommand(a)),
   )
   .demandCommand(1, "a command is required: stream or snapshot (see --help)")

@@ -9,6 +9,7 @@ import { hideBin } from "yargs/helpers";
 import { cli } from "./common.js";
 import { jsonFlag, runTool, s3Options, tlsFlags } from "../backup/cli-shared.js";
 import { restoreCommand } from "../backup/restore-command.js";
+import { encryptionConfigFlag } from "./at-rest-config.js";
 
 const NAME = "verity-restore";
 
@@ -23,10 +24,12 @@ await cli(NAME, hideBin(process.argv), "Rebuild a VerityDB data directory from a
     "node-id": { type: "number", describe: "With --new-cluster: the node id to give it (default: the backed-up node's)" },
     peers: { type: "string", describe: "Rejoining: client addresses of the cluster's live members; the node votes only once it holds their commit index" },
     ...tlsFlags,
+    ...encryptionConfigFlag,
     ...jsonFlag,
   })
   .example("$0 --source /backups/verity-12345.tar.gz --data-dir /var/lib/verity", "Restore a snapshot as the seed of a replaced member")
   .example("$0 --source s3://verity-backups/production/ --position 120000 --data-dir /var/lib/verity --new-cluster", "Point in time, as a new single-node cluster")
+  .example("$0 --source /backups/verity-12345.tar.gz --data-dir /var/lib/verity --config /etc/verity/config.toml", "An encrypted snapshot: the config's [encryption] key reads it")
   .example("$0 --source s3://backups/prod/ --endpoint http://minio:9000 --force-path-style --data-dir /data --peers 10.0.0.2:7000,10.0.0.3:7000", "Rejoin, from MinIO")
   .parseAsync()
   .then((a) => runTool(NAME, a.json, () => restoreCommand(a)));

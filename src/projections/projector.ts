@@ -23,7 +23,7 @@
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from "node:fs";
 import { open as openFile } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
+import { basename, dirname, join, relative } from "node:path";
 import Database from "better-sqlite3-multiple-ciphers";
 import type { AtRestEncryption } from "../crypto/at-rest.js";
 import { contextFor } from "../crypto/at-rest.js";
@@ -33,8 +33,8 @@ import type { EventStore, IndexedEvent } from "./event-store.js";
 import type { QueryPool, QueryRequest, QueryResult } from "./query-pool.js";
 import { bindParams, checkDefinition, compileHandler, type CompiledHandler, type ProjectionDefinition } from "./projection-definition.js";
 import {
-  checkKeyedDatabase, isSqliteCorruption, keyConnection, keySidecarPath, openDatabaseKey, removeDatabaseFiles, sqliteCorruptionError,
-  writeKeySidecar, type SqliteKey,
+  checkKeyedDatabase, isSqliteCorruption, keyConnection, keySidecarPath, keySidecarsOf, openDatabaseKey, removeDatabaseFiles, rewrapSidecar,
+  sqliteCorruptionError, writeKeySidecar, type SqliteKey,
 } from "./sqlite-encryption.js";
 
 /** Entries a tenant's projector handles per transaction at most. */
@@ -521,9 +521,17 @@ export async function openTenantDatabaseKey(
   return keying.kind === "keyed" ? keying.key : undefined;
 }
 
-/** Suffixes of a tenant directory while `projection rebuild` moves it to a new data key. */
-const REKEY_NEW_SUFFIX = ".rekey-new";
-const REKEY_OLD_SUFFIX = ".rekey-old";
+/**
+ * Suffixes of a tenant directory while `projection rebuild` moves it to a new data key. '~' is not
+ * allowed in tenant ids, so these never name a tenant's own directory.
+ */
+const REKEY_NEW_SUFFIX = "~rekey-new";
+const REKEY_OLD_SUFFIX = "~rekey-old";
+
+/** True for a tenant's projections directory name (`tenant_<id>`), false for a rebuild's temporary copies. */
+export function isTenantDirectoryName(name: string): boolean {
+  return name.startsWith("tenant_") && !name.includes("~");
+}
 
 /**
  * Finishes or undoes a tenant directory swap a crash interrupted (see Projector.rekey): a directory
@@ -563,6 +571,29 @@ export class Projector {
   private readonly broken = new Map<string, string>();
   /** Tenants whose database is being opened (its key unwrapped or made): one open per tenant at a time. */
   private readonly opening = new Map<string, Promise<TenantProjections>>();
+  /** Serialises what replaces key sidecars: a rebuild's move to a new key, and rotation's re-wrap. */
+  private keyFiles: Promise<unknown> = Promise.resolve();
+
+  private withKeyFiles<T>(body: () => Promise<T>): Promise<T> {
+    const run = this.keyFiles.then(body, body);
+    this.keyFiles = run.catch(() => {});
+    return run;
+  }
+
+  /**
+   * The re-wrap pass for `verity-admin encryption rotate` (DataDir.registerRewrap): the event
+   * index's sidecar and every tenant's, each re-wrapped under the key's current version with
+   * rewrapSidecar, one step per file. Serialised with a rebuild's move to a new data key, so a
+   * rotation never writes an old sidecar over a new one.
+   */
+  async *rewrapKeySidecars(encryption: AtRestEncryption): AsyncIterable<{ file: string; rewrapped: boolean }> {
+    const tenants = this.deps.store.tenantList().map((t) => t.tenant);
+    // Bounded by limits.max_tenants + 1 files.
+    for (const { path, fileIdentity } of keySidecarsOf(this.deps.dataDir, tenants)) {
+      const outcome = await this.withKeyFiles(async () => (existsSync(path) ? rewrapSidecar(path, encryption.provider, contextFor(encryption, fileIdentity)) : "unchanged"));
+      yield { file: relative(this.deps.dataDir, path), rewrapped: outcome === "rewrapped" };
+    }
+  }
 
   constructor(private readonly deps: ProjectorDeps) {
     recoverRekeyedDirectories(join(deps.dataDir, "projections"));
@@ -713,7 +744,7 @@ export class Projector {
       try {
         const t = await this.tenant(tenant);
         if (await t.step()) this.dirty.add(tenant);
-        if (t.rekeyWanted) await this.rekey(t);
+        if (t.rekeyWanted) await this.withKeyFiles(() => this.rekey(t));
         this.settle(await this.tenant(tenant));
       } catch (e) {
         const message = e instanceof Error ? e.message : String(e);

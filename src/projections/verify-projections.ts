@@ -14,7 +14,7 @@ import type { FileSystem } from "../log/fs-port.js";
 import { RecordKind } from "../log/types.js";
 import { decodeEventRecord } from "./event-codec.js";
 import { EventStore } from "./event-store.js";
-import { TenantProjections, type ProjectorEvent } from "./projector.js";
+import { TenantProjections, isTenantDirectoryName, type ProjectorEvent } from "./projector.js";
 import type { AtRestEncryption } from "../crypto/at-rest.js";
 import { keyConnection, keySidecarPath, openDatabaseKey, scratchDatabaseKey } from "./sqlite-encryption.js";
 import { projectionFileIdentity } from "../crypto/encryption-context.js";
@@ -63,7 +63,7 @@ export interface ProjectionsReport {
 export async function verifyProjections(fs: FileSystem, dataDir: string, logLastIndex: number, encryption?: AtRestEncryption): Promise<ProjectionsReport> {
   const report: ProjectionsReport = { ok: true, eventIndexPosition: undefined, tenants: [], notes: [] };
   const projectionsDir = join(dataDir, "projections");
-  const tenantDirs = existsSync(projectionsDir) ? readdirSync(projectionsDir).filter((d) => d.startsWith("tenant_")).sort() : [];
+  const tenantDirs = existsSync(projectionsDir) ? readdirSync(projectionsDir).filter(isTenantDirectoryName).sort() : [];
   if (!existsSync(join(dataDir, "state", "events.sqlite"))) {
     report.notes.push("no event index (state/events.sqlite): the node rebuilds it and every projection from the log when it starts");
     return report;

@@ -242,6 +242,8 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
       onProgress: (tenant, position) => metrics.appliedPosition.set({ tenant }, position),
       encryption: dir.encryption,
     });
+    // `verity-admin encryption rotate` re-wraps the SQLite key sidecars after the log's headers.
+    dir.registerRewrap("sqlite", (encryption) => projector.rewrapKeySidecars(encryption));
     await transport.start();
     const grpcServer = new grpc.Server({ "grpc.max_receive_message_length": GRPC_MESSAGE_BYTES_MAX });
     // Services are registered before any connection arrives; they reach the node once it exists.
