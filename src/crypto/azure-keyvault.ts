@@ -191,6 +191,8 @@ export class AzureKeyVaultKeyProvider implements KeyProvider {
     private readonly sdk: typeof import("@azure/keyvault-keys"),
     private readonly credential: AzureTokenCredential,
     private readonly clientOptions: object,
+    /** The connection pool trusting caCertificates, when given; destroyed by close(). */
+    private readonly agent: Agent | undefined,
     options: AzureKeyVaultProviderOptions,
     key: AzureKeyName,
     previous: readonly AzureKeyName[],
@@ -244,7 +246,7 @@ export class AzureKeyVaultKeyProvider implements KeyProvider {
         }],
       }),
     };
-    return new AzureKeyVaultKeyProvider(sdk, options.credential, clientOptions, options, key, previous);
+    return new AzureKeyVaultKeyProvider(sdk, options.credential, clientOptions, agent, options, key, previous);
   }
 
   async generateDataKey(context: EncryptionContext): Promise<GeneratedDataKey> {
@@ -282,6 +284,7 @@ export class AzureKeyVaultKeyProvider implements KeyProvider {
     this.cryptoClients.clear();
     this.keyClients.clear();
     this.current.clear();
+    this.agent?.destroy();
   }
 
   private async wrap(operation: KmsOperation, plaintext: Buffer, context: EncryptionContext, refresh: boolean): Promise<WrappedDataKey> {
