@@ -32,6 +32,12 @@ import type { LogIndex } from "./types.js";
 
 export const SEGMENT_MAGIC = Buffer.from("VRTYSEG\0", "latin1");
 export const SEGMENT_FORMAT_VERSION = 1;
+/**
+ * The format version of an encrypted segment's header. A build from before at-rest encryption
+ * ignored the algorithm byte and would read sealed payloads as plaintext; it refuses version 2
+ * ("upgrade VerityDB") instead. Plaintext segments keep version 1, readable by every build.
+ */
+export const SEGMENT_FORMAT_VERSION_ENCRYPTED = 2;
 
 /** Encryption algorithms a segment header can name. */
 export const EncryptionAlgorithm = { NONE: 0, AES_256_GCM: 1 } as const;
@@ -83,7 +89,7 @@ export function encodeSegmentHeader(header: SegmentHeader): Buffer {
   }
   const buf = Buffer.alloc(SEGMENT_HEADER_BYTES);
   SEGMENT_MAGIC.copy(buf, 0);
-  buf.writeUInt16LE(SEGMENT_FORMAT_VERSION, 8);
+  buf.writeUInt16LE(header.encryption.algorithm === EncryptionAlgorithm.NONE ? SEGMENT_FORMAT_VERSION : SEGMENT_FORMAT_VERSION_ENCRYPTED, 8);
   buf.writeUInt16LE(SEGMENT_HEADER_BYTES, 10);
   buf.writeUInt32LE(header.sequence, 12);
   buf.set(header.clusterId, 16);
@@ -115,8 +121,8 @@ export function decodeSegmentHeader(buf: Uint8Array): HeaderDecodeResult {
   if (stored !== actual) return { ok: false, reason: `segment header checksum mismatch (stored ${hex(stored)}, computed ${hex(actual)})` };
   const view = Buffer.from(buf.buffer, buf.byteOffset, SEGMENT_HEADER_BYTES);
   const version = view.readUInt16LE(8);
-  if (version !== SEGMENT_FORMAT_VERSION) {
-    return { ok: false, reason: `segment format version ${version} is not supported by this build (it reads version ${SEGMENT_FORMAT_VERSION}); upgrade VerityDB` };
+  if (version !== SEGMENT_FORMAT_VERSION && version !== SEGMENT_FORMAT_VERSION_ENCRYPTED) {
+    return { ok: false, reason: `segment format version ${version} is not supported by this build (it reads versions ${SEGMENT_FORMAT_VERSION} and ${SEGMENT_FORMAT_VERSION_ENCRYPTED}); upgrade VerityDB` };
   }
   if (view.readUInt16LE(10) !== SEGMENT_HEADER_BYTES) return { ok: false, reason: "unexpected segment header length" };
   const keyIdLength = view.readUInt16LE(42);
@@ -124,7 +130,8 @@ export function decodeSegmentHeader(buf: Uint8Array): HeaderDecodeResult {
   const algorithm = view[40]!;
   const labelLength = view[KEY_VERSION_OFFSET]!;
   if (keyIdLength > SEGMENT_KEY_ID_BYTES_MAX || wrappedKeyLength > SEGMENT_WRAPPED_KEY_BYTES_MAX || algorithm > 1 ||
-      labelLength > KEY_VERSION_LABEL_BYTES_MAX || (algorithm === 1 && (keyIdLength === 0 || wrappedKeyLength === 0))) {
+      labelLength > KEY_VERSION_LABEL_BYTES_MAX || (algorithm === 1 && (keyIdLength === 0 || wrappedKeyLength === 0)) ||
+      (algorithm === 1) !== (version === SEGMENT_FORMAT_VERSION_ENCRYPTED)) {
     return { ok: false, reason: "segment header encryption fields out of range" };
   }
   const baseIndex = readU64(view, 32);
