@@ -20,6 +20,7 @@ import { addDoctorCommand } from "./admin-doctor.js";
 import { addDiagnosticsCommands } from "./admin-diagnostics.js";
 import { addEncryptionCommands } from "./admin-encryption-commands.js";
 import { openDumpCiphers } from "./admin-log-keys.js";
+import { atRestForDataDir, encryptionConfigFlag, openConfiguredKeyProvider } from "./at-rest-config.js";
 import { jsonOption } from "./admin-connection.js";
 import { ADMIN_NAME, printJson, runAdmin, usageFailure } from "./admin-output.js";
 
@@ -64,10 +65,19 @@ function printVerify(report: VerifyReport, title: string): void {
   }
 }
 
-async function verifyCommand(dataDir: string, json: boolean, title: string, withProjections = false): Promise<number> {
+async function verifyCommand(dataDir: string, json: boolean, title: string, withProjections = false, config?: string): Promise<number> {
   const fs = new NodeFileSystem();
   const report = await verifyLog(fs, await logDirOf(dataDir));
-  const projections = withProjections && report.ok ? await verifyProjections(fs, dataDir, report.lastIndex ?? 0) : undefined;
+  let projections: ProjectionsReport | undefined;
+  if (withProjections && report.ok) {
+    // Encrypted databases need the node's key provider (--config); without it the report says so.
+    const provider = await openConfiguredKeyProvider(config);
+    try {
+      projections = await verifyProjections(fs, dataDir, report.lastIndex ?? 0, await atRestForDataDir(fs, dataDir, provider));
+    } finally {
+      await provider?.close();
+    }
+  }
   if (json) printJson(projections === undefined ? report : { ...report, ok: report.ok && projections.ok, projections });
   else {
     printVerify(report, title);
@@ -188,8 +198,10 @@ export async function main(argv: string[]): Promise<void> {
     .command(
       "verify",
       "Check a data directory (log integrity now; projection checks join with projections)",
-      (c) => c.options(dataDirOption).example("$0 verify --data-dir /var/lib/verity", "After verity-restore, before starting the node"),
-      (a) => runAdmin(a.json, () => verifyCommand(a["data-dir"], a.json, "verify", true)),
+      (c) => c.options({ ...dataDirOption, ...encryptionConfigFlag })
+        .example("$0 verify --data-dir /var/lib/verity", "After verity-restore, before starting the node")
+        .example("$0 verify --data-dir /var/lib/verity --config /etc/verity/config.toml", "Encryption on: the config's key provider reads the encrypted databases"),
+      (a) => runAdmin(a.json, () => verifyCommand(a["data-dir"], a.json, "verify", true, a.config)),
     )
     .example("$0 cluster status", "Every member of the cluster and its leader")
     .example("$0 doctor --config /etc/verity/config.toml", "Check what the troubleshooting guide checks by hand")

@@ -10,6 +10,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3-multiple-ciphers";
 import { dumpLog } from "../log/offline.js";
+import { uuidBytes } from "../log/meta-state.js";
+import type { SegmentHeader } from "../log/segment-header.js";
+import { SegmentKeys } from "../log/segment-keys.js";
 import type { FileSystem } from "../log/fs-port.js";
 import { RecordKind } from "../log/types.js";
 import { decodeEventRecord } from "./event-codec.js";
@@ -113,7 +116,7 @@ export async function verifyProjections(fs: FileSystem, dataDir: string, logLast
       if (sample.length < VERIFY_SAMPLE_TENANTS) sample.push({ tenant, path, check, key });
       else key?.fill(0);
     }
-    if (sample.length > 0) await replaySample(fs, dataDir, store, sample, report);
+    if (sample.length > 0) await replaySample(fs, dataDir, store, sample, report, encryption);
   } finally {
     store.close();
   }
@@ -126,15 +129,38 @@ async function replaySample(
   store: EventStore,
   sample: { tenant: string; path: string; check: ProjectionCheck; key: Buffer | undefined }[],
   report: ProjectionsReport,
+  encryption: AtRestEncryption | undefined,
+): Promise<void> {
+  const keys = encryption === undefined ? undefined : new SegmentKeys(encryption, uuidBytes(encryption.clusterId), () => {});
+  try {
+    await replaySampleWith(fs, dataDir, store, sample, report, keys);
+  } finally {
+    keys?.close();
+  }
+}
+
+async function replaySampleWith(
+  fs: FileSystem,
+  dataDir: string,
+  store: EventStore,
+  sample: { tenant: string; path: string; check: ProjectionCheck; key: Buffer | undefined }[],
+  report: ProjectionsReport,
+  keys: SegmentKeys | undefined,
 ): Promise<void> {
   const wanted = new Set(sample.map((s) => s.tenant));
   const upTo = Math.max(...sample.map((s) => s.check.appliedPosition));
   // One pass over the log keeps the sampled tenants' events, bounded in bytes.
   const bodies = new Map<number, ProjectorEvent>();
   let bytes = 0;
-  for await (const item of dumpLog(fs, join(dataDir, "log"), 1, upTo)) {
+  const cipherFor = keys === undefined ? undefined : (header: SegmentHeader, file: string) => keys.cipherFor(header, file);
+  for await (const item of dumpLog(fs, join(dataDir, "log"), 1, upTo, "log/", cipherFor)) {
     if ("damage" in item) {
       report.notes.push(`the replay stopped at damage in ${item.file}: ${item.damage} (log verify reports it)`);
+      for (const s of sample) s.check.status = "replay-skipped";
+      return;
+    }
+    if (item.sealed) {
+      report.notes.push(`the log is encrypted (${item.file}): the replay was skipped; ${NEEDS_CONFIG}`);
       for (const s of sample) s.check.status = "replay-skipped";
       return;
     }
