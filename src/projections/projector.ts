@@ -33,7 +33,7 @@ import type { EventStore, IndexedEvent } from "./event-store.js";
 import type { QueryPool, QueryRequest, QueryResult } from "./query-pool.js";
 import { bindParams, checkDefinition, compileHandler, type CompiledHandler, type ProjectionDefinition } from "./projection-definition.js";
 import {
-  checkKeyedDatabase, isSqliteCorruption, keyConnection, keySidecarPath, keySidecarsOf, openDatabaseKey, removeDatabaseFiles, rewrapSidecar,
+  checkKeyedDatabase, copyRekeyed, isSqliteCorruption, keyConnection, keySidecarPath, keySidecarsOf, openDatabaseKey, removeDatabaseFiles, rewrapSidecar,
   sqliteCorruptionError, writeKeySidecar, type SqliteKey,
 } from "./sqlite-encryption.js";
 
@@ -661,9 +661,10 @@ export class Projector {
   /**
    * After a `projection rebuild` with encryption on: moves the tenant's database to a new data key,
    * so a rebuild also retires the old key. A new key and its sidecar are made in
-   * `tenant_<id>.rekey-new/`, the database is copied there (VACUUM INTO, a consistent image) and
-   * re-keyed; then the live database is closed and the directories swapped (rename, rename, fsync).
-   * Runs inside the projector's loop, so nothing writes the database meanwhile. A crash leaves the
+   * `tenant_<id>~rekey-new/`, the database is copied there (VACUUM INTO, a consistent image) and
+   * re-keyed, in a worker thread (copyRekeyed); then the live database is closed and the directories
+   * swapped (rename, rename, fsync). Runs inside the projector's loop, so nothing writes the database
+   * meanwhile (the other tenants wait for the copy too). A crash leaves the
    * old directory or the new one in place (recoverRekeyedDirectories); both hold the same rows.
    */
   private async rekey(t: TenantProjections): Promise<void> {
@@ -682,16 +683,8 @@ export class Projector {
       newKey = generated.plaintext;
       await writeKeySidecar(keySidecarPath(nextPath), generated.keyId, generated.wrapped);
       if (this.closed || this.tenants.get(t.tenant) !== t) throw new VerityError(ErrorCode.UNAVAILABLE, "the projector closed or reopened the tenant meanwhile");
-      t.db.exec(`VACUUM INTO '${nextPath.replace(/'/g, "''")}'`); // same (old) key as the source
-      const copy = new Database(nextPath);
-      try {
-        keyConnection(copy, t.key);
-        copy.pragma("journal_mode = DELETE");
-        copy.pragma(`rekey = "x'${newKey.toString("hex")}'"`);
-        copy.pragma("journal_mode = WAL");
-      } finally {
-        copy.close();
-      }
+      await copyRekeyed(t.path, nextPath, t.key, newKey);
+      if (this.closed || this.tenants.get(t.tenant) !== t) throw new VerityError(ErrorCode.UNAVAILABLE, "the projector closed or reopened the tenant meanwhile");
       await syncDirectory(next);
     } catch (e) {
       newKey?.fill(0);
