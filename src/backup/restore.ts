@@ -130,7 +130,15 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     await writeMetaState(o.fs, join(staging, "meta", "state.json"), meta);
     const replayStarted = Date.now();
     const encryption: AtRestEncryption | undefined = o.keyProvider === undefined ? undefined : { provider: o.keyProvider, clusterId: staged.identity.clusterId };
-    const replay = await replayStaged(o, staging, staged.identity.clusterId, position, encryption);
+    const replay = await replayStaged(o, staging, staged.identity.clusterId, position, encryption).catch((e: unknown) => {
+      if (encryption === undefined && e instanceof VerityError && e.code === ErrorCode.FAILED_PRECONDITION && /is encrypted/.test(e.message)) {
+        throw new FailedPreconditionError(
+          `the backup's log segments are encrypted: give verity-restore --config <a verity-server config file> whose [encryption] section ` +
+            `names the key they were written with, then restore again (${e.message})`, { cause: e },
+        );
+      }
+      throw e;
+    });
     const replayMs = Date.now() - replayStarted;
     await moveIntoPlace(staging, o.dataDir);
     const verify = await verifyLog(o.fs, join(o.dataDir, "log"));

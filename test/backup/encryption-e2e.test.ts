@@ -114,6 +114,9 @@ describe("a node with encryption on", () => {
     const stream = await runCli("verity-backup", ["stream", "--once", "--source", dataDir, "--destination", `s3://${BUCKET}/enc/`, ...s3.flags(), "--config", cfg, "--json"]);
     expect(stream.code, stream.stdout + stream.stderr).toBe(0);
     expect(stream.stdout).toMatch(/"event":"uploaded"/);
+    const streamNoKey = await runCli("verity-backup", ["stream", "--once", "--source", dataDir, "--destination", `s3://${BUCKET}/enc/`, ...s3.flags()]);
+    expect(streamNoKey.code).toBe(1);
+    expect(streamNoKey.stderr).toMatch(/encrypted.*--config.*--node-endpoint/);
     const archive = join(tmp.path, "snap.tar.gz");
     const plainTry = await runCli("verity-backup", ["snapshot", "--data-dir", dataDir, "--output", join(tmp.path, "plain.tar.gz")]);
     expect(plainTry.code).toBe(1);
@@ -171,6 +174,17 @@ describe("a node with encryption on", () => {
     expect(r1.code).toBe(1);
     expect(r1.stderr).toMatch(/does not unwrap.*kms_key_id/s);
     expect(readdirSync(wrongKey)).toEqual([]);
+
+    // The stream backup restores too (its segments are encrypted: the key is needed to rebuild the databases).
+    const fromS3 = join(tmp.path, "restored-s3");
+    const s3NoKey = await runCli("verity-restore", ["--source", `s3://${BUCKET}/enc/`, ...s3.flags(), "--data-dir", join(tmp.path, "restored-s3-no-key"), "--new-cluster"]);
+    expect(s3NoKey.code).toBe(1);
+    expect(s3NoKey.stderr).toMatch(/segments are encrypted: give verity-restore --config/);
+    expect(readdirSync(join(tmp.path, "restored-s3-no-key"))).toEqual([]);
+    const rs = await runCli("verity-restore", ["--source", `s3://${BUCKET}/enc/`, ...s3.flags(), "--data-dir", fromS3, "--new-cluster", "--config", cfg]);
+    expect(rs.code, rs.stdout + rs.stderr).toBe(0);
+    expect(existsSync(join(fromS3, "state", "events.key"))).toBe(true);
+    expect(filesWithMarker(fromS3)).toEqual([]);
 
     // Restore with the same key file onto another data directory, verify it, start a node on it.
     const restored = join(tmp.path, "restored");
