@@ -51,7 +51,7 @@ export const DATA_DIR_SUBDIRS = ["log", "projections", "meta", "wal"] as const;
 
 /** One file a re-wrap hook looked at: whether its wrapped key changed (false: it was already current). */
 export interface RewrapStep {
-  /** The file, relative to the data directory (e.g. "projections/tenant_acme/projection.key"). */
+  /** The file, relative to the data directory (e.g. "projections/tenant_acme/projections.key"). */
   readonly file: string;
   readonly rewrapped: boolean;
 }

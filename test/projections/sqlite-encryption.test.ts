@@ -302,7 +302,24 @@ describe("tenant projections, encrypted", () => {
       expect(readFileSync(join(dir, "state", "events.sqlite")).equals(dbBefore)).toBe(true);
       const again = await EventStore.open(dir, { encryption: atRest });
       expect(again.appliedPosition).toBe(8);
-      again.close();
+      // The node's re-wrap hook (DataDir.registerRewrap "sqlite"): the event index's and every tenant's sidecar.
+      const projector = new Projector({ store: again, dataDir: dir, load: async () => [], checkpointInterval: 10, encryption: atRest });
+      try {
+        await projector.tenant(TENANT);
+        await rotateLocalKeyFile(file);
+        await rotating.reload?.();
+        const steps = [];
+        for await (const step of projector.rewrapKeySidecars(atRest)) steps.push(step);
+        expect(steps).toEqual([{ file: "state/events.key", rewrapped: true }, { file: `projections/tenant_${TENANT}/projections.key`, rewrapped: true }]);
+        const twice = [];
+        for await (const step of projector.rewrapKeySidecars(atRest)) twice.push(step.rewrapped);
+        expect(twice).toEqual([false, false]);
+      } finally {
+        projector.close();
+        again.close();
+      }
+      const reopened = await EventStore.open(dir, { encryption: atRest });
+      reopened.close();
     } finally {
       await rotating.close();
     }
