@@ -69,6 +69,43 @@ function config(name: string, keyFile: string): string {
   return path;
 }
 
+describe("turning encryption on over a plaintext node", () => {
+  it("rebuilds the event index and projections encrypted from the log; everything reads and queries back", async () => {
+    const keyFile = join(tmp.path, "later.key");
+    await initLocalKeyFile(keyFile);
+    const cfg = config("later", keyFile);
+    const dataDir = join(tmp.path, "plain-then-encrypted");
+    const node = await TestNode.create(dataDir);
+    nodes.push(node);
+    node.start();
+    await node.leading();
+    const api = new AdminApi({ endpoints: [node.endpoint], tls: undefined });
+    await api.call("createTenant", { tenant: "acme" });
+    await api.call("migrate", { tenant: "acme", name: "001_notes", sql: MIGRATION });
+    await api.call("createProjection", { tenant: "acme", definition: PROJECTION });
+    const client = new VerityClient({ endpoints: [node.endpoint] });
+    await client.append({ tenant: "acme", stream: `${MARKER}-s`, events: Array.from({ length: 50 }, (_, i) => ({ type: "Noted", data: { id: `n${i}`, body: `${MARKER} ${i}` } })) });
+    client.close();
+    await node.stop();
+    const sqliteFiles = (): string[] => [...filesUnder(join(dataDir, "state")), ...filesUnder(join(dataDir, "projections"))];
+    expect(sqliteFiles().filter((f) => FORMS.some((form) => readFileSync(f).includes(form))).length).toBeGreaterThan(0);
+
+    node.start(["--config", cfg]);
+    await node.leading().catch((e: Error) => {
+      throw new Error(`${e.message}\n${node.child?.output.slice(-3000)}`);
+    });
+    const again = new VerityClient({ endpoints: [node.endpoint] });
+    expect((await again.query({ tenant: "acme", sql: `SELECT COUNT(*), SUM(instr(body, '${MARKER}') > 0) FROM notes` })).rows).toEqual([[50, 50]]);
+    expect((await again.readAll({ tenant: "acme", limit: 100 })).events).toHaveLength(50);
+    again.close();
+    await node.stop();
+    expect(node.child?.output).toMatch(/plaintext: removing it; it is rebuilt, encrypted, from the log/);
+    expect(existsSync(join(dataDir, "state", "events.key")) && existsSync(join(dataDir, "projections", "tenant_acme", "projections.key"))).toBe(true);
+    // The SQLite files hold no marker any more (segments written before encryption stay plaintext: docs/encryption.md).
+    expect(sqliteFiles().filter((f) => FORMS.some((form) => readFileSync(f).includes(form)))).toEqual([]);
+  });
+});
+
 describe("a node with encryption on", () => {
   it("keeps the marker out of every file on disk, in the bucket and in the snapshot; restarts, restores and refuses without the key", async () => {
     const keyFile = join(tmp.path, "master.key");
