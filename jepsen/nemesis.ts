@@ -490,9 +490,10 @@ export class Nemesis {
     this.busy.add(id);
     const detail: Record<string, unknown> = { node: id };
     try {
-      // Peers to discover the cluster from: members that are whole (a node still rejoining, or one
-      // stuck forming a cluster of its own, could answer with the wrong cluster id).
-      this.cluster.start(n, { join: true, peers: this.cluster.members().filter((m) => m !== n && !this.recovering.has(m.id) && m.state === "running") });
+      // Peers to discover the cluster from: every other member. Discovery takes a cluster id only
+      // from a peer holding a log, so a member still rejoining (empty) cannot mislead it, and one
+      // that is down is skipped until it answers.
+      this.cluster.start(n, { join: true, peers: this.cluster.members().filter((m) => m !== n) });
       const added = await this.changeMembership("addLearner", { address: this.cluster.clusterAddress(n) }).catch((e: Error) => e);
       detail.addLearner = added instanceof Error ? `failed: ${added.message}` : added;
       const config = await this.configuration();

@@ -24,7 +24,7 @@ import { RaftDriver } from "../consensus/driver.js";
 import { startStateFromDisk } from "../consensus/driver-start.js";
 import { Xoshiro128StarStar } from "../consensus/prng.js";
 import { Role, type MembershipConfig } from "../consensus/types.js";
-import { decodeConfig, encodeConfig, membershipConfig } from "../consensus/membership.js";
+import { encodeConfig, membershipConfig } from "../consensus/membership.js";
 import { RecordKind } from "../log/types.js";
 import type { DataDir } from "../log/data-dir.js";
 import { ErrorCode, FailedPreconditionError, VerityError } from "../errors.js";
@@ -86,8 +86,6 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
   /** Members to make voters again once caught up, after --force-recover (this process only). */
   private readonly promoteAfterRecovery = new Set<number>();
   private promoting = false;
-  /** Members of the latest configuration this node applied (or started with): whose links it keeps. */
-  private members = new Set<NodeId>();
   private readonly lastSeen = new Map<number, number>();
   private peerAuthFailuresCounted = 0;
   /** Called when the node can no longer run (the driver stopped on a failure). */
@@ -197,6 +195,10 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
         lastIndex: () => dir.log.lastIndex,
       },
       lastIndex: () => dir.log.lastIndex,
+      isMember: (id) => {
+        const config = ref.node?.driver?.raft.currentConfig();
+        return config === undefined || config.voters.includes(id) || config.learners.includes(id);
+      },
     });
     const started = (): VerityNode => {
       if (ref.node === undefined) throw new VerityError(ErrorCode.UNAVAILABLE, "the node is still starting; retry shortly");
@@ -372,18 +374,6 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
     );
   }
 
-  /**
-   * A committed configuration: links to members it removed are closed and not dialed again (their
-   * processes may run on, redialing us), and members it has are dialed back when they call.
-   */
-  private onMembershipCommitted(config: MembershipConfig): void {
-    const now = new Set<NodeId>([...config.voters, ...config.learners]);
-    const self = this.dir.meta.nodeId as NodeId;
-    for (const id of this.members) if (!now.has(id) && id !== self) this.transport.removePeer(id);
-    for (const id of now) this.transport.forgetRemoval(id);
-    this.members = now;
-  }
-
   /** After --force-recover: promotes the old members back to voters, one at a time, once caught up. */
   private promoteRecoveredMembers(): void {
     const d = this.driver;
@@ -418,8 +408,7 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
       },
       await startStateFromDisk(this.dir, bootstrap, this.stateMachine.store.appliedPosition),
     );
-    const startConfig = core.currentConfig();
-    this.members = new Set([...startConfig.voters, ...startConfig.learners]);
+
     const m = this.metrics;
     this.driver = new RaftDriver(core, {
       log: measuredLog(this.dir.log, m),
@@ -445,7 +434,6 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
       }),
       stateMachine: {
         apply: (entries) => {
-          for (const e of entries) if (e.kind === RecordKind.MEMBERSHIP) this.onMembershipCommitted(decodeConfig(e.payload));
           this.stateMachine.apply(entries);
           m.commits.inc(entries.length);
           m.appliedPosition.set(this.applied);

@@ -37,6 +37,9 @@ export const PEER_REDIAL_DELAY_MS_MAX = 2000;
 export const PEER_SHUTDOWN_GRACE_MS = 500;
 /** A Hello that takes longer than this counts as a failed dial. */
 export const PEER_HELLO_TIMEOUT_MS = 3000;
+/** A link to a node outside the configuration is dropped once down this long (see pruneLinks). */
+export const PEER_PRUNE_DOWN_MS = 60_000;
+const PEER_PRUNE_INTERVAL_MS = 10_000;
 
 interface Hello {
   nodeId: number;
@@ -143,6 +146,11 @@ export interface PeerTransportOptions {
   requests?: PeerRequestHandlers;
   /** This node's last log index, announced in Hello answers. */
   lastIndex?: () => number;
+  /**
+   * Whether a node id is in this node's latest configuration. A link to a node that is not, and
+   * that has been down PEER_PRUNE_DOWN_MS, is dropped (at the link cap, at once). Absent: never.
+   */
+  isMember?: (id: NodeId) => boolean;
   logger?: TransportLogger;
 }
 
@@ -163,6 +171,8 @@ class PeerLink {
   peerId: NodeId | undefined;
   /** The peer's last log index as its latest Hello answer said. */
   peerLastIndex = 0;
+  /** When the link last went down (undefined while up, and before the first dial). */
+  downSince: number | undefined;
   private redialDelay = PEER_REDIAL_DELAY_MS_MIN;
   private timer: NodeJS.Timeout | undefined;
   /** A Hello in flight, cancelled when the link closes. */
@@ -204,12 +214,14 @@ class PeerLink {
       if (!this.closed) this.retry(`stream ended: ${err?.details ?? "closed by peer"}`);
     });
     this.stream = stream;
+    this.downSince = undefined;
     this.redialDelay = PEER_REDIAL_DELAY_MS_MIN;
     this.transport.linkUp(this);
   }
 
   private retry(why: string, delay = this.redialDelay): void {
     this.stream = undefined;
+    this.downSince ??= Date.now();
     this.transport.log("info", { peer: this.address, reason: why, retry_ms: delay }, "peer link down; redialing");
     this.redialDelay = Math.min(PEER_REDIAL_DELAY_MS_MAX, this.redialDelay * 2);
     clearTimeout(this.timer);
@@ -241,8 +253,7 @@ export class PeerTransport implements TransportPort {
   private readonly server = new grpc.Server();
   private readonly links = new Map<string, PeerLink>();
   private readonly byId = new Map<NodeId, PeerLink>();
-  /** Nodes removed from the membership: not dialed back when they call (bounded, oldest forgotten first). */
-  private readonly removed = new Set<NodeId>();
+  private pruneTimer: NodeJS.Timeout | undefined;
   private boundAddress = "";
 
   constructor(private readonly options: PeerTransportOptions) {
@@ -275,6 +286,8 @@ export class PeerTransport implements TransportPort {
     );
     this.boundAddress = formatHostPort({ host: hostPortOf(this.options.listen).host, port });
     for (const address of this.options.peers) this.addPeer(address);
+    this.pruneTimer = setInterval(() => this.pruneLinks(PEER_PRUNE_DOWN_MS), PEER_PRUNE_INTERVAL_MS);
+    this.pruneTimer.unref();
   }
 
   /** The node id announced by the peer at `address`, once its Hello was answered. */
@@ -295,30 +308,33 @@ export class PeerTransport implements TransportPort {
   }
 
   /**
-   * Stops dialing a node removed from the membership, and does not dial it back when it calls
-   * (jepsen-lite bug 4: links to removed members were kept and redialed forever, and counted
-   * against CLUSTER_NODES_MAX until new members could no longer be dialed). Adding its address
-   * again (`member add`) clears the mark.
+   * Drops links to nodes outside this node's latest configuration that have been down at least
+   * `downMs` (jepsen-lite bug 4: links to removed members were redialed forever and counted
+   * against CLUSTER_NODES_MAX until new members could no longer be dialed). A link that is up is
+   * never dropped, so a node still catching up (whose configuration may be old) keeps every
+   * working link; a dropped node that comes back dials in and is dialed back as before.
    */
-  removePeer(id: NodeId): void {
-    const link = this.byId.get(id) ?? [...this.links.values()].find((l) => l.peerId === id);
-    if (this.removed.size >= CLUSTER_REMOVED_IDS_MAX) this.removed.delete(this.removed.values().next().value!);
-    this.removed.add(id);
-    if (link === undefined) return;
-    this.byId.delete(id);
-    this.links.delete(link.address);
-    link.close();
-    this.log("info", { peer: link.address, peer_id: id }, "peer removed from the cluster; link closed");
-  }
-
-  /** A member again (added back with the same id): dialed back when it calls, as any member. */
-  forgetRemoval(id: NodeId): void {
-    this.removed.delete(id);
+  pruneLinks(downMs: number, now = Date.now()): number {
+    const isMember = this.options.isMember;
+    if (isMember === undefined) return 0;
+    let dropped = 0;
+    for (const link of [...this.links.values()]) {
+      const id = link.peerId;
+      if (id === undefined || link.stream !== undefined || link.downSince === undefined) continue;
+      if (now - link.downSince < downMs || isMember(id)) continue;
+      this.links.delete(link.address);
+      if (this.byId.get(id) === link) this.byId.delete(id);
+      link.close();
+      dropped++;
+      this.log("info", { peer: link.address, peer_id: id }, "dropped the link to a node outside the configuration that has been down");
+    }
+    return dropped;
   }
 
   /** Starts dialing a peer address (for members added while running). */
   addPeer(address: string): void {
     if (this.links.has(address) || address === this.boundAddress) return;
+    if (this.links.size >= CLUSTER_NODES_MAX) this.pruneLinks(0);
     if (this.links.size >= CLUSTER_NODES_MAX) {
       this.log("warn", { address, links: this.links.size }, `not dialing ${address}: this node already has ${CLUSTER_NODES_MAX} peer links, the most a cluster has`);
       return;
@@ -390,6 +406,7 @@ export class PeerTransport implements TransportPort {
 
   /** Closes every link, then the server: gracefully for PEER_SHUTDOWN_GRACE_MS, then by force. */
   async stop(): Promise<void> {
+    clearInterval(this.pruneTimer);
     for (const link of this.links.values()) link.close();
     // Inbound streams belong to the other nodes' links, which this node cannot close: bound the wait.
     await new Promise<void>((resolve) => {
@@ -414,7 +431,6 @@ export class PeerTransport implements TransportPort {
     const id = link.peerId!;
     const previous = this.byId.get(id);
     if (previous !== undefined && previous !== link) previous.close();
-    this.removed.delete(id); // dialed on purpose (added again)
     this.byId.set(id, link);
     this.log("info", { peer: link.address, peer_id: id }, "peer link up");
   }
@@ -468,7 +484,7 @@ export class PeerTransport implements TransportPort {
       return;
     }
     // A node we do not dial yet (a new member) is dialed back at the address it gave.
-    if (req.clusterAddress !== "" && !this.byId.has(req.nodeId as NodeId) && !this.removed.has(req.nodeId as NodeId)) this.addPeer(req.clusterAddress);
+    if (req.clusterAddress !== "" && !this.byId.has(req.nodeId as NodeId)) this.addPeer(req.clusterAddress);
     cb(null, this.hello());
   }
 
@@ -559,9 +575,6 @@ export function linkCredentials(tls: { cert: Buffer; key: Buffer; ca: Buffer } |
     },
   });
 }
-
-/** Removed node ids remembered so they are not dialed back (more than any cluster sees in a run). */
-const CLUSTER_REMOVED_IDS_MAX = 1024;
 
 /** How often a joining node asks its peers for the cluster id. */
 export const DISCOVERY_RETRY_MS = 500;
