@@ -8,8 +8,10 @@
  *   log/rewrap.intent     present only while a segment header is re-wrapped (finished on open)
  *
  * At-rest encryption (options.encryption, docs/encryption.md): every segment created while it is
- * on gets its own data key (header algorithm 1) and every record's payload is sealed
- * (src/log/record.ts); reads authenticate every record. Plaintext segments stay readable. The
+ * on gets its own data key (header algorithm 1, format version 3) and each group commit's records
+ * are sealed in units, one AEAD call per unit of up to UNIT_PAYLOAD_BYTES_MAX (src/log/record.ts);
+ * reads authenticate whole units (a bounded cache keeps recently opened ones), and a truncation
+ * inside a unit re-seals its kept prefix under a new nonce. Plaintext segments stay readable. The
  * next segment's key is made ahead of time (segment-keys.ts), so a roll does not wait on the KMS;
  * if the KMS cannot make it, the appends that need the new segment fail UNAVAILABLE and nothing
  * is written. Rotation re-wraps the keys in the headers (`rewrapHeaders`), crash-safely.
