@@ -35,6 +35,21 @@ export const NONCE_POOL_BYTES = 1024 * GCM_NONCE_BYTES;
  */
 export const SEGMENT_REWRITES_PER_KEY_MAX = 64;
 
+// ---- Sealing units of the log (docs/log-format.md, "In an encrypted segment"; part of the format). ----
+
+/**
+ * A group commit's records are sealed in units, one AEAD call per unit: a unit takes records
+ * while their payloads total at most this many bytes (a larger record is a unit by itself).
+ */
+export const UNIT_PAYLOAD_BYTES_MAX = 64 * KiB;
+/** Records in one unit at most (the frame stores the position and count in 16 bits each). */
+export const UNIT_RECORDS_MAX = 1024;
+/** Bytes every frame of an encrypted segment carries beyond a plaintext frame: position (2), count (2), bytes back to the unit's first frame (4). */
+export const UNIT_FRAME_FIELDS_BYTES = 8;
+/** Decrypted units the log keeps for nearby reads (an LRU), and the bytes of payload they may hold at most. */
+export const DECRYPTED_UNITS_CACHED_MAX = 64;
+export const DECRYPTED_UNIT_CACHE_BYTES_MAX = 8 * 1024 * KiB;
+
 // ---- Wrapped keys and key ids (bounded by the room the segment header has for them). ----
 
 /** A KMS key id (ARN, local key id) stored beside a wrapped key at most this many UTF-8 bytes. */
@@ -117,3 +132,7 @@ assert(CLOUD_KMS_SDK_RETRY_DELAY_MS_INITIAL <= CLOUD_KMS_SDK_RETRY_DELAY_MS_MAX 
 // Every key version a provider may be asked to unwrap with (current, previous keys) has room in the client cache.
 assert(AZURE_KEY_CLIENTS_MAX > KMS_PREVIOUS_KEY_IDS_MAX + 1);
 assert(FILE_CHUNK_BYTES <= 2 ** 32 - 1 - RECORD_SEAL_OVERHEAD_BYTES);
+// Position and count fit 16 bits; a full multi-record unit fits the read chunk and the cache.
+assert(UNIT_RECORDS_MAX <= 0xffff && UNIT_PAYLOAD_BYTES_MAX <= DECRYPTED_UNIT_CACHE_BYTES_MAX / 8);
+// A unit seals at least one record, so units per key stay below the record bound checked above.
+assert(UNIT_PAYLOAD_BYTES_MAX >= 1);

@@ -1,6 +1,12 @@
 /**
- * AES-256-GCM for log records: one data key per segment, one random 96-bit nonce per sealed record,
- * stored in front of the ciphertext.
+ * AES-256-GCM for single records: one data key per segment, one random 96-bit nonce per sealed
+ * record, stored in front of the ciphertext.
+ *
+ * The log no longer seals records one by one: it seals them in units, one AEAD call per unit
+ * (src/crypto/unit-cipher.ts; segment format version 3), because a call costs 3 to 4 us of CPU
+ * whatever the size (docs/encryption.md, "Measured costs"). This class stays as the per-record
+ * primitive the KMS provider tests seal and open records with; the nonce argument below is the one
+ * the unit cipher relies on too.
  *
  * Why random nonces, and not one derived from the record's position: a position (segment, index or
  * byte offset) is NOT written only once under a segment's key. Torn-tail recovery cuts a record that

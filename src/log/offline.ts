@@ -11,12 +11,13 @@
  */
 
 import { posix as pathPosix } from "node:path";
+import { assertNever } from "../errors.js";
 import { readFileIfExists } from "./atomic-file.js";
 import type { FileSystem } from "./fs-port.js";
 import { uuidFromBytes } from "./meta-state.js";
-import type { SegmentRecordCipher } from "../crypto/record-cipher.js";
-import { decodeFrame, decodeSealedFrame } from "./record.js";
-import { READ_LIMITS, readFully, scanSegment } from "./segment-scan.js";
+import type { SegmentUnitCipher } from "../crypto/unit-cipher.js";
+import { decodeFrame, decodeUnit } from "./record.js";
+import { READ_LIMITS, SEALED_READ_LIMITS, readFully, scanSegment } from "./segment-scan.js";
 import { CURRENT_SEGMENT_NAME, EncryptionAlgorithm, decodeSegmentHeader, parseSealedSegmentName, sparseIndexName, type SegmentHeader } from "./segment-header.js";
 import { decodeIndexFile } from "./sparse-index.js";
 import { SEGMENT_HEADER_BYTES, SEGMENT_READ_CHUNK_BYTES } from "../limits.js";
@@ -180,7 +181,7 @@ async function checkIndexFile(
 }
 
 /** Gives the record cipher of an encrypted segment (undefined: its payloads are not shown). */
-export type DumpCipherSource = (header: SegmentHeader, file: string) => Promise<SegmentRecordCipher | undefined>;
+export type DumpCipherSource = (header: SegmentHeader, file: string) => Promise<SegmentUnitCipher | undefined>;
 
 /**
  * Reads records in index order from `from`, at most `limit`, straight from the segment files, for
@@ -206,7 +207,7 @@ export async function* dumpLog(
       }
       const file = displayPrefix + item.name;
       const encrypted = h.header.encryption.algorithm !== EncryptionAlgorithm.NONE;
-      let cipher: SegmentRecordCipher | undefined;
+      let cipher: SegmentUnitCipher | undefined;
       try {
         cipher = encrypted && cipherFor !== undefined ? await cipherFor(h.header, file) : undefined;
       } catch (e) {
@@ -220,31 +221,59 @@ export async function* dumpLog(
         const got = await readFully(handle, buf.subarray(0, Math.min(buf.length, size - position)), position);
         let offset = 0;
         while (offset < got && emitted < limit) {
-          let r: ReturnType<typeof decodeFrame>;
+          // One frame (plaintext) or one whole unit (encrypted), as entries with their file offsets.
+          let r: { status: "ok"; items: Array<{ entry: LogEntry; at: number }>; bytes: number } | { status: "incomplete"; needBytes: number } |
+            { status: "invalid"; reason: string; at: number };
           try {
-            r = cipher === undefined ? decodeFrame(buf, offset, got, READ_LIMITS)
-              : decodeSealedFrame(buf, offset, got, READ_LIMITS, cipher, { file, fileOffset: position + offset });
+            r = decodeAt(buf, offset, got, encrypted, cipher, file, position + offset);
           } catch (e) {
-            r = { status: "invalid", reason: e instanceof Error ? e.message : String(e) };
+            r = { status: "invalid", reason: e instanceof Error ? e.message : String(e), at: 0 };
           }
           if (r.status === "incomplete" && position + offset + r.needBytes <= size) {
             if (offset === 0) buf = Buffer.allocUnsafe(r.needBytes);
             break;
           }
           if (r.status !== "ok") {
-            yield { file: displayPrefix + item.name, offset: position + offset, damage: r.status === "invalid" ? r.reason : "the file ends inside a record" };
+            yield { file, offset: position + offset + (r.status === "invalid" ? r.at : 0), damage: r.status === "invalid" ? r.reason : "the file ends inside a record" };
             return;
           }
-          if (r.entry.index >= from) {
-            yield { file: displayPrefix + item.name, offset: position + offset, entry: r.entry, sealed: encrypted && cipher === undefined };
-            emitted++;
+          for (const item of r.items) {
+            if (item.entry.index >= from && emitted < limit) {
+              yield { file, offset: position + offset + item.at, entry: item.entry, sealed: encrypted && cipher === undefined };
+              emitted++;
+            }
           }
-          offset += r.frameBytes;
+          offset += r.bytes;
         }
         position += offset;
       }
     } finally {
       await handle.close();
     }
+  }
+}
+
+/** Decodes the frame (plaintext segment) or unit (encrypted segment) at `buf[offset]` for `dumpLog`. */
+function decodeAt(
+  buf: Buffer, offset: number, end: number, encrypted: boolean, cipher: SegmentUnitCipher | undefined, file: string, fileOffset: number,
+): { status: "ok"; items: Array<{ entry: LogEntry; at: number }>; bytes: number } | { status: "incomplete"; needBytes: number } |
+  { status: "invalid"; reason: string; at: number } {
+  if (!encrypted) {
+    const r = decodeFrame(buf, offset, end, READ_LIMITS);
+    if (r.status === "ok") return { status: "ok", items: [{ entry: r.entry, at: 0 }], bytes: r.frameBytes };
+    return r.status === "incomplete" ? r : { status: "invalid", reason: r.reason, at: 0 };
+  }
+  const u = decodeUnit(buf, offset, end, SEALED_READ_LIMITS, cipher, { file, fileOffset });
+  switch (u.status) {
+    case "ok":
+      return { status: "ok", items: u.entries.map((entry, i) => ({ entry: { ...entry, payload: Buffer.from(entry.payload) }, at: u.frameOffsets[i]! })), bytes: u.unitBytes };
+    case "incomplete":
+      return u;
+    case "invalid":
+      return { status: "invalid", reason: u.reason, at: u.frameOffset };
+    case "inside-unit":
+      return { status: "invalid", reason: "a record whose unit's first frame is missing", at: 0 };
+    default:
+      return assertNever(u);
   }
 }

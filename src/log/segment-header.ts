@@ -3,7 +3,7 @@
  *
  *   offset  size  field
  *   0       8     magic "VRTYSEG\0"
- *   8       2     format version (1)
+ *   8       2     format version (1 plaintext, 3 encrypted: records sealed in units)
  *   10      2     header length (512)
  *   12      4     sequence number of the segment (its file name once sealed)
  *   16      16    cluster id (UUID bytes)
@@ -33,11 +33,18 @@ import type { LogIndex } from "./types.js";
 export const SEGMENT_MAGIC = Buffer.from("VRTYSEG\0", "latin1");
 export const SEGMENT_FORMAT_VERSION = 1;
 /**
- * The format version of an encrypted segment's header. A build from before at-rest encryption
- * ignored the algorithm byte and would read sealed payloads as plaintext; it refuses version 2
- * ("upgrade VerityDB") instead. Plaintext segments keep version 1, readable by every build.
+ * The format version of an encrypted segment's header: 3, records sealed in units (one AEAD call
+ * per unit, src/log/record.ts). A build from before at-rest encryption ignored the algorithm byte
+ * and would read sealed payloads as plaintext, and a build that sealed each record on its own
+ * (version 2) would misread unit frames; both refuse version 3 ("upgrade VerityDB") instead.
+ * Plaintext segments keep version 1, readable by every build.
  */
-export const SEGMENT_FORMAT_VERSION_ENCRYPTED = 2;
+export const SEGMENT_FORMAT_VERSION_ENCRYPTED = 3;
+/**
+ * Version 2 sealed each record with its own nonce and tag. It was never released (only test
+ * builds wrote it) and this build does not read it: such a segment is refused, saying so.
+ */
+export const SEGMENT_FORMAT_VERSION_PER_RECORD = 2;
 
 /** Encryption algorithms a segment header can name. */
 export const EncryptionAlgorithm = { NONE: 0, AES_256_GCM: 1 } as const;
@@ -121,6 +128,9 @@ export function decodeSegmentHeader(buf: Uint8Array): HeaderDecodeResult {
   if (stored !== actual) return { ok: false, reason: `segment header checksum mismatch (stored ${hex(stored)}, computed ${hex(actual)})` };
   const view = Buffer.from(buf.buffer, buf.byteOffset, SEGMENT_HEADER_BYTES);
   const version = view.readUInt16LE(8);
+  if (version === SEGMENT_FORMAT_VERSION_PER_RECORD) {
+    return { ok: false, reason: `segment format version ${SEGMENT_FORMAT_VERSION_PER_RECORD} (records sealed one by one, written only by unreleased test builds) is not read by this build, which seals records in units (version ${SEGMENT_FORMAT_VERSION_ENCRYPTED}); recreate the log` };
+  }
   if (version !== SEGMENT_FORMAT_VERSION && version !== SEGMENT_FORMAT_VERSION_ENCRYPTED) {
     return { ok: false, reason: `segment format version ${version} is not supported by this build (it reads versions ${SEGMENT_FORMAT_VERSION} and ${SEGMENT_FORMAT_VERSION_ENCRYPTED}); upgrade VerityDB` };
   }

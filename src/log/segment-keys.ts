@@ -6,7 +6,7 @@
  * Each segment has its own data key, bound (by the KMS) to the cluster and to the segment's logical
  * identity `log/segment/<sequence>`, which does not change when sealing renames the file. Only the
  * wrapped key is stored (segment header, offset 208); the plaintext key lives in the segment's
- * SegmentRecordCipher (a KeyObject) and in the provider's bounded cache.
+ * SegmentUnitCipher (a KeyObject) and in the provider's bounded cache.
  *
  * Bounds: at most PREPARED_SEGMENT_KEYS_MAX keys are made ahead (one per segment a group commit can
  * fill); a key for another sequence (after a truncation went back) is dropped and zeroed.
@@ -16,7 +16,7 @@ import type { AtRestEncryption } from "../crypto/at-rest.js";
 import { contextFor } from "../crypto/at-rest.js";
 import { segmentFileIdentity } from "../crypto/encryption-context.js";
 import type { GeneratedDataKey, WrappedDataKey } from "../crypto/kms.js";
-import { SegmentRecordCipher } from "../crypto/record-cipher.js";
+import { SegmentUnitCipher } from "../crypto/unit-cipher.js";
 import { ErrorCode, VerityError, invariant } from "../errors.js";
 import { GROUP_COMMIT_BYTES_MAX, SEGMENT_BYTES_MIN } from "../limits.js";
 import {
@@ -33,7 +33,7 @@ export const PREPARED_SEGMENT_KEYS_MAX = Math.ceil(GROUP_COMMIT_BYTES_MAX / SEGM
 /** What a new segment gets: the header's encryption fields and the cipher for its records (none in plaintext). */
 export interface SegmentKey {
   readonly encryption: SegmentHeader["encryption"];
-  readonly cipher: SegmentRecordCipher | undefined;
+  readonly cipher: SegmentUnitCipher | undefined;
 }
 
 const utf8 = new TextEncoder();
@@ -117,7 +117,7 @@ export class SegmentKeys {
           wrappedKey: Buffer.from(key.wrapped),
           keyVersion: keyVersionLabel(key.keyVersion),
         },
-        cipher: new SegmentRecordCipher({ dataKey: key.plaintext, clusterId: this.clusterIdBytes, segmentSequence: sequence }),
+        cipher: new SegmentUnitCipher({ dataKey: key.plaintext, clusterId: this.clusterIdBytes, segmentSequence: sequence }),
       };
     } finally {
       key.plaintext.fill(0);
@@ -130,7 +130,7 @@ export class SegmentKeys {
    * another master key) or KmsError; FAILED_PRECONDITION when the segment is encrypted and this
    * node has no key provider.
    */
-  async cipherFor(header: SegmentHeader, file: string): Promise<SegmentRecordCipher | undefined> {
+  async cipherFor(header: SegmentHeader, file: string): Promise<SegmentUnitCipher | undefined> {
     if (header.encryption.algorithm === EncryptionAlgorithm.NONE) return undefined;
     const atRest = this.atRest;
     if (atRest === undefined) throw encryptedWithoutProvider(file);
@@ -139,7 +139,7 @@ export class SegmentKeys {
       location: keyLocation(file),
     });
     try {
-      return new SegmentRecordCipher({ dataKey, clusterId: this.clusterIdBytes, segmentSequence: header.sequence });
+      return new SegmentUnitCipher({ dataKey, clusterId: this.clusterIdBytes, segmentSequence: header.sequence });
     } finally {
       dataKey.fill(0);
     }

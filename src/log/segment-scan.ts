@@ -15,23 +15,32 @@
  *
  * A torn tail is truncated by recovery and reported (bytes cut, offset, index). Corruption stops
  * the open with a `CorruptionError` naming the file, the byte offset and the index.
+ *
+ * Encrypted segments hold units (src/log/record.ts): a record counts only once its unit's last
+ * frame was read, so `validEnd` is always at a unit boundary. A unit cut short (the file ends, or
+ * a torn frame, inside it) was part of the one unsynced write, never acknowledged: in
+ * current.segment it is a torn tail cut back to the unit's first frame. Units are not
+ * authenticated here (no keys): CRC and structure only; every read authenticates.
  */
 
-import { RECORD_SEAL_OVERHEAD_BYTES } from "../crypto/crypto-limits.js";
 import { RECORD_BYTES_MAX, SEGMENT_HEADER_BYTES, SEGMENT_READ_CHUNK_BYTES } from "../limits.js";
 import type { FileHandle } from "./fs-port.js";
 import { inspectFrame, peekIndex, type DecodeLimits, type FrameInfo } from "./record.js";
-import { decodeSegmentHeader, type SegmentHeader } from "./segment-header.js";
+import { EncryptionAlgorithm, decodeSegmentHeader, type SegmentHeader } from "./segment-header.js";
 import { SparseIndex, type TermRun } from "./sparse-index.js";
 import type { LogIndex, Term } from "./types.js";
 
 const SECTOR_BYTES = 512;
 
-/**
- * The hard bound: records written under any configuration stay readable. An encrypted record's
- * payload carries its nonce and tag as well (RECORD_SEAL_OVERHEAD_BYTES).
- */
-export const READ_LIMITS: DecodeLimits = { payloadBytesMax: RECORD_BYTES_MAX + RECORD_SEAL_OVERHEAD_BYTES };
+/** The hard bound: records written under any configuration stay readable. */
+export const READ_LIMITS: DecodeLimits = { payloadBytesMax: RECORD_BYTES_MAX };
+/** The same for the frames of an encrypted segment (unit fields, nonce and tag around the payload). */
+export const SEALED_READ_LIMITS: DecodeLimits = { payloadBytesMax: RECORD_BYTES_MAX, sealed: true };
+
+/** The read limits of a segment with this header. */
+export function readLimitsFor(header: SegmentHeader): DecodeLimits {
+  return header.encryption.algorithm === EncryptionAlgorithm.NONE ? READ_LIMITS : SEALED_READ_LIMITS;
+}
 
 export type DamageKind = "torn-tail" | "corruption";
 
@@ -92,51 +101,94 @@ export async function scanSegment(handle: FileHandle, options: ScanOptions): Pro
     lastTerm: options.previousTerm,
     termRuns: [] as TermRun[],
   };
+  const limits = readLimitsFor(header);
   let position = SEGMENT_HEADER_BYTES;
   let buf = Buffer.allocUnsafe(SEGMENT_READ_CHUNK_BYTES);
   let damage: Damage | undefined;
+  /** The unit being read (encrypted segments): its records count once its last frame is read. Bounded by UNIT_RECORDS_MAX. */
+  let unit: { start: number; count: number; frames: Array<{ info: FrameInfo; offset: number }> } | undefined;
+  let seenIndex = state.lastIndex;
+  let seenTerm = state.lastTerm;
+  const commit = (info: FrameInfo, offset: number): void => {
+    sparse.note(info.index, offset);
+    const lastRun = state.termRuns[state.termRuns.length - 1];
+    if (lastRun === undefined || lastRun.term !== info.term) state.termRuns.push({ firstIndex: info.index, term: info.term });
+    options.onRecord?.(info, offset);
+    state.records++;
+    state.lastIndex = info.index;
+    state.lastTerm = info.term;
+  };
   // Bounded: every pass either consumes at least one frame or ends the scan.
   outer: while (position < fileBytes) {
     const want = Math.min(buf.length, fileBytes - position);
     const got = await readFully(handle, buf.subarray(0, want), position);
     let offset = 0;
     while (offset < got) {
-      const info = inspectFrame(buf, offset, got, READ_LIMITS);
+      const info = inspectFrame(buf, offset, got, limits);
       if (info.status === "incomplete") {
         if (position + offset + info.needBytes <= fileBytes) {
           if (offset === 0) buf = Buffer.allocUnsafe(Math.max(info.needBytes, buf.length)); // frame larger than a chunk
           break; // read on from this frame
         }
-        damage = await classify(handle, position + offset, fileBytes, state.lastIndex, "the file ends inside this record", true, options);
+        damage = await classify(handle, position + offset, fileBytes, seenIndex, "the file ends inside this record", true, options, limits);
         break outer;
       }
       if (info.status === "invalid") {
-        damage = await classify(handle, position + offset, fileBytes, state.lastIndex, info.reason, false, options);
+        damage = await classify(handle, position + offset, fileBytes, seenIndex, info.reason, false, options, limits);
         break outer;
       }
-      const problem = checkSequence(info, state.lastIndex, state.lastTerm);
+      const problem = checkSequence(info, seenIndex, seenTerm) ?? checkUnit(info, position + offset, unit);
       if (problem !== undefined) {
-        damage = { kind: "corruption", offset: position + offset, index: state.lastIndex + 1, reason: problem };
+        damage = { kind: "corruption", offset: position + offset, index: seenIndex + 1, reason: problem };
         break outer;
       }
-      sparse.note(info.index, position + offset);
-      if (info.term !== state.lastTerm || state.termRuns.length === 0) {
-        if (state.termRuns.length === 0 || state.termRuns[state.termRuns.length - 1]!.term !== info.term) {
-          state.termRuns.push({ firstIndex: info.index, term: info.term });
+      seenIndex = info.index;
+      seenTerm = info.term;
+      if (info.unit === undefined) {
+        commit(info, position + offset);
+      } else {
+        if (info.unit.position === 0) unit = { start: position + offset, count: info.unit.count, frames: [] };
+        unit!.frames.push({ info, offset: position + offset });
+        if (info.unit.position === info.unit.count - 1) {
+          for (const f of unit!.frames) commit(f.info, f.offset);
+          unit = undefined;
         }
       }
-      options.onRecord?.(info, position + offset);
-      state.records++;
-      state.lastIndex = info.index;
-      state.lastTerm = info.term;
       offset += info.frameBytes;
     }
     position += offset;
   }
+  let validEnd = damage?.offset ?? position;
+  if (unit !== undefined) {
+    // The records read of an unfinished unit do not count: cut back to its first frame.
+    const first = unit.frames[0]!.info.index;
+    const detail = `the unit of ${unit.count} records that starts here (index ${first}) is incomplete: ${unit.frames.length} of its frames are whole`;
+    if (damage === undefined) {
+      damage = options.mayHaveTornTail
+        ? { kind: "torn-tail", offset: unit.start, index: first, reason: `the file ends inside a unit: ${detail}` }
+        : { kind: "corruption", offset: unit.start, index: first, reason: `the segment ends inside a unit: ${detail} (in a sealed segment, which was fully synced)` };
+    } else if (damage.kind === "torn-tail") {
+      damage = { ...damage, offset: unit.start, index: first, reason: `${damage.reason}; ${detail}` };
+    }
+    validEnd = unit.start;
+  }
   return {
-    header, fileBytes, validEnd: damage?.offset ?? position, records: state.records, lastIndex: state.lastIndex,
+    header, fileBytes, validEnd, records: state.records, lastIndex: state.lastIndex,
     lastTerm: state.lastTerm, sparse, termRuns: state.termRuns, damage,
   };
+}
+
+/** In an encrypted segment: does the frame continue the unit being read (or start one)? */
+function checkUnit(info: FrameInfo, offset: number, unit: { start: number; count: number; frames: unknown[] } | undefined): string | undefined {
+  if (info.unit === undefined) return undefined;
+  if (unit === undefined) {
+    return info.unit.position === 0 ? undefined : `record ${info.index} is at position ${info.unit.position} of a unit whose first frame is missing`;
+  }
+  if (info.unit.position !== unit.frames.length || info.unit.count !== unit.count || info.unit.backBytes !== offset - unit.start) {
+    return `record ${info.index} (unit position ${info.unit.position} of ${info.unit.count}, ${info.unit.backBytes} bytes back) does not continue ` +
+      `the unit of ${unit.count} records that starts at byte offset ${unit.start}`;
+  }
+  return undefined;
 }
 
 function checkSequence(info: FrameInfo, lastIndex: number, lastTerm: number): string | undefined {
@@ -153,6 +205,7 @@ async function classify(
   reason: string,
   endsInside: boolean,
   options: ScanOptions,
+  limits: DecodeLimits,
 ): Promise<Damage> {
   const index = lastIndex + 1;
   if (!options.mayHaveTornTail) {
@@ -161,7 +214,7 @@ async function classify(
   // Everything from the damage to the end of the file: at most one segment, read once on this rare path.
   const rest = Buffer.alloc(fileBytes - offset);
   await readFully(handle, rest, offset);
-  const later = findLaterRecord(rest, lastIndex);
+  const later = findLaterRecord(rest, lastIndex, limits);
   if (later !== undefined) {
     return {
       kind: "corruption", offset, index,
@@ -199,12 +252,12 @@ function hasZeroSector(rest: Buffer, fileOffset: number, length: number): boolea
 }
 
 /** Looks for any valid frame after the first byte of `rest` that holds an index beyond `lastIndex`. */
-function findLaterRecord(rest: Buffer, lastIndex: number): { offset: number; index: number } | undefined {
+function findLaterRecord(rest: Buffer, lastIndex: number, limits: DecodeLimits): { offset: number; index: number } | undefined {
   const maxIndex = lastIndex + Math.ceil(rest.length / 27) + 1;
   for (let off = 1; off + 26 < rest.length; off++) {
     const idx = peekIndex(rest, off);
     if (idx <= lastIndex || idx > maxIndex) continue; // cheap filter before the checksum
-    const info = inspectFrame(rest, off, rest.length, READ_LIMITS);
+    const info = inspectFrame(rest, off, rest.length, limits);
     if (info.status === "ok") return { offset: off, index: info.index };
   }
   return undefined;

@@ -8,8 +8,10 @@
  *   log/rewrap.intent     present only while a segment header is re-wrapped (finished on open)
  *
  * At-rest encryption (options.encryption, docs/encryption.md): every segment created while it is
- * on gets its own data key (header algorithm 1) and every record's payload is sealed
- * (src/log/record.ts); reads authenticate every record. Plaintext segments stay readable. The
+ * on gets its own data key (header algorithm 1, format version 3) and each group commit's records
+ * are sealed in units, one AEAD call per unit of up to UNIT_PAYLOAD_BYTES_MAX (src/log/record.ts);
+ * reads authenticate whole units (a bounded cache keeps recently opened ones), and a truncation
+ * inside a unit re-seals its kept prefix under a new nonce. Plaintext segments stay readable. The
  * next segment's key is made ahead of time (segment-keys.ts), so a roll does not wait on the KMS;
  * if the KMS cannot make it, the appends that need the new segment fail UNAVAILABLE and nothing
  * is written. Rotation re-wraps the keys in the headers (`rewrapHeaders`), crash-safely.
@@ -53,11 +55,16 @@ import {
   TENANT_ID_BYTES_MAX,
 } from "../limits.js";
 import type { AtRestEncryption } from "../crypto/at-rest.js";
-import type { SegmentRecordCipher } from "../crypto/record-cipher.js";
+import type { SegmentUnitCipher } from "../crypto/unit-cipher.js";
+import { UNIT_FRAME_FIELDS_BYTES, UNIT_PAYLOAD_BYTES_MAX, UNIT_RECORDS_MAX, RECORD_SEAL_OVERHEAD_BYTES } from "../crypto/crypto-limits.js";
 import { readFileIfExists, writeFileAtomic } from "./atomic-file.js";
 import type { FileHandle, FileSystem } from "./fs-port.js";
-import { decodeFrame, decodeSealedFrame, encodeFrame, encodeSealedFrame, frameBytes, readU64, sealedFrameBytes, writeU64 } from "./record.js";
-import { scanSegment, readFully, READ_LIMITS, type ScanResult } from "./segment-scan.js";
+import {
+  decodeFrame, decodeUnit, encodeFrame, encodeSealedUnit, frameBytes, inspectFrame, readU64, sealedFrameBytes, sealedFrameBytesMax, writeU64,
+  type FrameInfo, type UnitInput,
+} from "./record.js";
+import { scanSegment, readFully, readLimitsFor, READ_LIMITS, SEALED_READ_LIMITS, type ScanResult } from "./segment-scan.js";
+import { DecryptedUnitCache } from "./unit-cache.js";
 import {
   CURRENT_SEGMENT_NAME,
   EncryptionAlgorithm,
@@ -174,8 +181,8 @@ class Segment {
    * The record cipher of an encrypted segment, while it is in use: always for the current segment,
    * for sealed ones while their read handle is open (the handle LRU bounds them).
    */
-  cipher: SegmentRecordCipher | undefined;
-  cipherLoading: Promise<SegmentRecordCipher | undefined> | undefined;
+  cipher: SegmentUnitCipher | undefined;
+  cipherLoading: Promise<SegmentUnitCipher | undefined> | undefined;
 
   constructor(
     /** Replaced only by a header re-wrap (the same data key, wrapped anew). */
@@ -211,8 +218,22 @@ interface PendingAppend {
   reject: (e: unknown) => void;
 }
 
+/** One unit of an encrypted batch: records `first` .. `first + count - 1` of the batch (flattened), `bytes` on disk. */
+interface PlannedUnit {
+  first: number;
+  count: number;
+  bytes: number;
+}
+
+/** The units an encrypted batch writes to one segment, and their bytes. */
+interface PlannedPart {
+  units: PlannedUnit[];
+  bytes: number;
+}
+
 const TRUNCATE_INTENT_NAME = "truncate.intent";
 const INTENT_MAGIC = Buffer.from("VRTYTRN\0", "latin1");
+const UNIT_INTENT_MAGIC = Buffer.from("VRTYTRU\0", "latin1");
 const utf8 = new TextEncoder();
 
 export class SegmentedLog {
@@ -252,6 +273,8 @@ export class SegmentedLog {
    */
   private structureTail: Promise<void> = Promise.resolve();
   private rewrapRunning = false;
+  /** Units that authenticated, for nearby reads; cleared by every truncation. */
+  private readonly units = new DecryptedUnitCache();
 
   private constructor(
     options: ResolvedOptions,
@@ -447,9 +470,12 @@ export class SegmentedLog {
     });
   }
 
-  /** Bytes a record takes in the segments this log writes now (sealed when encryption is on). */
+  /**
+   * Bytes a record takes in the segments this log writes now; when encryption is on, the most it
+   * can take (a unit of its own): the queue and batch bounds count that, writes the real size.
+   */
   private recordBytes(tenantBytes: number, payloadBytes: number): number {
-    return this.keys.enabled ? sealedFrameBytes(tenantBytes, payloadBytes) : frameBytes(tenantBytes, payloadBytes);
+    return this.keys.enabled ? sealedFrameBytesMax(tenantBytes, payloadBytes) : frameBytes(tenantBytes, payloadBytes);
   }
 
   /** Refuses bad input with a message naming the limit; returns the tenant id as UTF-8. */
@@ -513,22 +539,55 @@ export class SegmentedLog {
   /** How many new segments writing `batch` starts (the same rule as writeBatch). */
   private rollsFor(batch: readonly PendingAppend[]): number {
     if (!this.keys.enabled) return 0;
+    return this.planUnits(batch).length - 1;
+  }
+
+  /**
+   * Cuts an encrypted batch into units and segments: one part per segment the batch writes to (the
+   * first is the current segment), each a list of units. A record joins the open unit while the
+   * unit's payloads stay within UNIT_PAYLOAD_BYTES_MAX and its records within UNIT_RECORDS_MAX;
+   * a segment is sealed when the next record would push it (non-empty) past segment_size, as for
+   * plaintext. Units never span segments. Bounded by the batch.
+   */
+  private planUnits(batch: readonly PendingAppend[]): PlannedPart[] {
+    const parts: PlannedPart[] = [{ units: [], bytes: 0 }];
     let size = this.current.sizeBytes;
     let records = this.current.records;
-    let rolls = 0;
+    let open: PlannedUnit | undefined;
+    let openPayload = 0;
+    let flat = 0;
     for (const p of batch) {
-      for (let i = 0; i < p.entries.length; i++) {
-        const bytes = this.recordBytes(p.tenants[i]!.length, p.entries[i]!.payload.length);
+      for (let i = 0; i < p.entries.length; i++, flat++) {
+        const payloadBytes = p.entries[i]!.payload.length;
+        const base = frameBytes(p.tenants[i]!.length, payloadBytes) + UNIT_FRAME_FIELDS_BYTES;
+        const part = parts[parts.length - 1]!;
+        if (open !== undefined && open.count < UNIT_RECORDS_MAX && openPayload + payloadBytes <= UNIT_PAYLOAD_BYTES_MAX &&
+            size + base <= this.segmentBytes) {
+          open.count++;
+          open.bytes += base;
+          openPayload += payloadBytes;
+          part.bytes += base;
+          size += base;
+          records++;
+          continue;
+        }
+        const bytes = base + RECORD_SEAL_OVERHEAD_BYTES;
+        let target = part;
         if (size + bytes > this.segmentBytes && records > 0) {
-          rolls++;
+          target = { units: [], bytes: 0 };
+          parts.push(target);
           size = SEGMENT_HEADER_BYTES;
           records = 0;
         }
+        open = { first: flat, count: 1, bytes };
+        openPayload = payloadBytes;
+        target.units.push(open);
+        target.bytes += bytes;
         size += bytes;
         records++;
       }
     }
-    return rolls;
+    return parts;
   }
 
   /**
@@ -577,6 +636,7 @@ export class SegmentedLog {
    * write and synced with one fdatasync. In-memory state moves only after the bytes are down.
    */
   private async writeBatch(batch: PendingAppend[]): Promise<void> {
+    if (this.keys.enabled) return this.writeSealedBatch(batch);
     const total = batch.reduce((n, p) => n + p.bytes, 0);
     const buf = Buffer.allocUnsafe(total);
     let offset = 0;
@@ -596,21 +656,66 @@ export class SegmentedLog {
           pendingNotes.length = 0;
         }
         pendingNotes.push({ index: e.index, term: e.term, offset: this.current.sizeBytes + (offset - partStart) });
-        const cipher = this.current.cipher;
-        invariant((cipher !== undefined) === this.keys.enabled, "the current segment is encrypted exactly when encryption is on");
-        offset = cipher === undefined
-          ? encodeFrame(buf, offset, e.term, e.index, e.kind, p.tenants[i]!, e.payload)
-          : encodeSealedFrame(buf, offset, e.term, e.index, e.kind, p.tenants[i]!, e.payload, cipher);
+        invariant(this.current.cipher === undefined, "the current segment is plaintext when encryption is off");
+        offset = encodeFrame(buf, offset, e.term, e.index, e.kind, p.tenants[i]!, e.payload);
       }
     }
     invariant(offset === total, "encoded size matches the computed size");
+    await this.writeLastPart(batch, buf.subarray(partStart, offset), pendingNotes);
+  }
+
+  /** Writes the batch's last part; in async mode the batch is acknowledged before its sync. */
+  private async writeLastPart(batch: PendingAppend[], bytes: Uint8Array, notes: ReadonlyArray<{ index: number; term: number; offset: number }>): Promise<void> {
     if (this.syncMode === "async") {
-      await this.writePart(buf.subarray(partStart, offset), pendingNotes, false);
+      await this.writePart(bytes, notes, false);
       for (const p of batch) p.resolve(); // acknowledged before the sync: that is what async mode means
       await this.current.handle!.datasync();
     } else {
-      await this.writePart(buf.subarray(partStart, offset), pendingNotes, true);
+      await this.writePart(bytes, notes, true);
     }
+  }
+
+  /**
+   * writeBatch for an encrypted log: the batch is cut into units (planUnits), each sealed with one
+   * AEAD call straight into the write buffer; a part that fills the current segment is written,
+   * synced and sealed before the next part is encoded under the next segment's key.
+   */
+  private async writeSealedBatch(batch: PendingAppend[]): Promise<void> {
+    const plan = this.planUnits(batch);
+    const flat: UnitInput[] = [];
+    for (const p of batch) {
+      for (let i = 0; i < p.entries.length; i++) {
+        const e = p.entries[i]!;
+        flat.push({ term: e.term, index: e.index, kind: e.kind, tenant: p.tenants[i]!, payload: e.payload });
+      }
+    }
+    const buf = Buffer.allocUnsafe(plan.reduce((n, part) => n + part.bytes, 0));
+    let offset = 0;
+    // Bounded by the plan: one pass per segment the batch writes to.
+    for (let partIndex = 0; partIndex < plan.length; partIndex++) {
+      const part = plan[partIndex]!;
+      if (partIndex > 0) await this.seal();
+      const cipher = this.current.cipher;
+      invariant(cipher !== undefined, "the current segment is encrypted when encryption is on");
+      const partStart = offset;
+      const notes: Array<{ index: number; term: number; offset: number }> = [];
+      for (const unit of part.units) {
+        const records = flat.slice(unit.first, unit.first + unit.count);
+        let frameAt = this.current.sizeBytes + (offset - partStart);
+        for (let k = 0; k < records.length; k++) {
+          const r = records[k]!;
+          notes.push({ index: r.index, term: r.term, offset: frameAt });
+          frameAt += sealedFrameBytes(r.tenant.length, r.payload.length, k, records.length);
+        }
+        const end = encodeSealedUnit(buf, offset, records, cipher);
+        invariant(end === offset + unit.bytes, "a sealed unit has its planned size");
+        offset = end;
+      }
+      const bytes = buf.subarray(partStart, offset);
+      if (partIndex < plan.length - 1) await this.writePart(bytes, notes, true);
+      else await this.writeLastPart(batch, bytes, notes);
+    }
+    invariant(offset === buf.length, "encoded size matches the planned size");
   }
 
   private async writePart(
@@ -709,28 +814,33 @@ export class SegmentedLog {
     if (!Number.isSafeInteger(from) || !Number.isSafeInteger(to)) throw new InvalidArgumentError("read range must be integers");
     await this.enterRead();
     try {
-      if (from < this.firstIndex) {
-        throw new InvalidArgumentError(`index ${from} is before the first index ${this.firstIndex} this log holds`);
-      }
-      const end = Math.min(to, this.lastIndex + 1, from + READ_ENTRIES_MAX);
-      const out: LogEntry[] = [];
-      let bytes = 0;
-      const budget = Math.min(maxBytes, READ_BYTES_MAX);
-      let segIdx = this.segmentIndexOf(from);
-      let next = from;
-      // Bounded by the segment count; each pass reads one segment's part of the range.
-      while (next < end && segIdx < this.segmentList.length) {
-        const seg = this.segmentList[segIdx]!;
-        const done = await this.readFromSegment(seg, next, end, budget, out, bytes);
-        bytes = done.bytes;
-        next = done.next;
-        if (done.full) break;
-        segIdx++;
-      }
-      return out;
+      return await this.readRange(from, to, maxBytes);
     } finally {
       this.exitRead();
     }
+  }
+
+  /** `read` without entering the read gate (a truncation holding it reads the unit it cuts). */
+  private async readRange(from: number, to: number, maxBytes: number): Promise<LogEntry[]> {
+    if (from < this.firstIndex) {
+      throw new InvalidArgumentError(`index ${from} is before the first index ${this.firstIndex} this log holds`);
+    }
+    const end = Math.min(to, this.lastIndex + 1, from + READ_ENTRIES_MAX);
+    const out: LogEntry[] = [];
+    let bytes = 0;
+    const budget = Math.min(maxBytes, READ_BYTES_MAX);
+    let segIdx = this.segmentIndexOf(from);
+    let next = from;
+    // Bounded by the segment count; each pass reads one segment's part of the range.
+    while (next < end && segIdx < this.segmentList.length) {
+      const seg = this.segmentList[segIdx]!;
+      const done = await this.readFromSegment(seg, next, end, budget, out, bytes);
+      bytes = done.bytes;
+      next = done.next;
+      if (done.full) break;
+      segIdx++;
+    }
+    return out;
   }
 
   private async readFromSegment(
@@ -741,6 +851,7 @@ export class SegmentedLog {
     out: LogEntry[],
     bytesSoFar: number,
   ): Promise<{ next: number; bytes: number; full: boolean }> {
+    if (seg.header.encryption.algorithm !== EncryptionAlgorithm.NONE) return this.readFromSealedSegment(seg, from, end, budget, out, bytesSoFar);
     const stop = Math.min(end, seg.lastIndex + 1);
     let position = seg.sparse.floorOffset(from);
     let expect: number | undefined;
@@ -748,8 +859,6 @@ export class SegmentedLog {
     let next = from;
     const handle = await this.acquireHandle(seg);
     try {
-      const cipher = await this.cipherOf(seg);
-      const file = this.displayPrefix + seg.name;
       let buf = Buffer.allocUnsafe(SEGMENT_READ_CHUNK_BYTES);
       // Bounded: every pass consumes at least one frame, or grows the buffer to fit one, or throws.
       while (next < stop) {
@@ -757,9 +866,7 @@ export class SegmentedLog {
         const got = await readFully(handle, buf.subarray(0, want), position);
         let offset = 0;
         while (offset < got && next < stop) {
-          const r = cipher === undefined
-            ? decodeFrame(buf, offset, got, READ_LIMITS)
-            : decodeSealedFrame(buf, offset, got, READ_LIMITS, cipher, { file, fileOffset: position + offset });
+          const r = decodeFrame(buf, offset, got, READ_LIMITS);
           if (r.status === "incomplete") {
             if (position + offset + r.needBytes > seg.sizeBytes) {
               throw this.corruption(seg, position + offset, next, "the segment ends inside a record");
@@ -791,10 +898,103 @@ export class SegmentedLog {
   }
 
   /**
+   * readFromSegment for an encrypted segment: whole units are read and opened (a record is returned
+   * only once its whole unit authenticated), through the cache of decrypted units. Payloads are
+   * copies. A read that starts inside a unit steps back to the unit's first frame once.
+   */
+  private async readFromSealedSegment(
+    seg: Segment,
+    from: number,
+    end: number,
+    budget: number,
+    out: LogEntry[],
+    bytesSoFar: number,
+  ): Promise<{ next: number; bytes: number; full: boolean }> {
+    const stop = Math.min(end, seg.lastIndex + 1);
+    let bytes = bytesSoFar;
+    let next = from;
+    let position: number | undefined;
+    let steppedBack = false;
+    let handle: FileHandle | undefined;
+    let buf = Buffer.allocUnsafe(0);
+    let bufStart = 0;
+    let bufEnd = 0;
+    const file = this.displayPrefix + seg.name;
+    try {
+      // Bounded: every pass returns records of one unit, skips one unit, steps back once, grows the buffer, or throws.
+      while (next < stop) {
+        const cached = this.units.find(seg.sequence, next);
+        let unit = cached;
+        if (unit === undefined) {
+          handle ??= await this.acquireHandle(seg);
+          const cipher = await this.cipherOf(seg);
+          position ??= seg.sparse.floorOffset(next);
+          if (position < bufStart || position >= bufEnd) {
+            const want = Math.min(Math.max(buf.length, SEGMENT_READ_CHUNK_BYTES), seg.sizeBytes - position);
+            if (buf.length < want) buf = Buffer.allocUnsafe(want);
+            bufEnd = position + (await readFully(handle, buf.subarray(0, want), position));
+            bufStart = position;
+          }
+          const at = position - bufStart;
+          const r = decodeUnit(buf, at, bufEnd - bufStart, SEALED_READ_LIMITS, undefined, { file, fileOffset: position });
+          if (r.status === "inside-unit") {
+            if (steppedBack || r.backBytes > position - SEGMENT_HEADER_BYTES) {
+              throw this.corruption(seg, position, next, `a record ${r.backBytes} bytes past its unit's start, where a unit was expected to start`);
+            }
+            steppedBack = true;
+            position -= r.backBytes;
+            continue;
+          }
+          if (r.status === "incomplete") {
+            if (position + r.needBytes > seg.sizeBytes) throw this.corruption(seg, position, next, "the segment ends inside a unit");
+            if (r.needBytes > buf.length) buf = Buffer.allocUnsafe(r.needBytes);
+            bufStart = bufEnd = 0;
+            continue;
+          }
+          if (r.status === "invalid") throw this.corruption(seg, position + r.frameOffset, r.index ?? next, r.reason);
+          const first = r.entries[0]!.index;
+          if (first + r.entries.length <= next) {
+            position += r.unitBytes; // a unit before the range: structure checked, not opened
+            continue;
+          }
+          if (first > next) throw this.corruption(seg, position, next, `a unit starting at index ${first} where index ${next} was expected`);
+          unit = this.openUnit(seg, cipher!, buf, at, position, r.unitBytes);
+          position += r.unitBytes;
+        } else {
+          position = unit.end;
+        }
+        for (const e of unit.entries) {
+          if (e.index < next) continue;
+          if (e.index >= stop) break;
+          if (out.length > 0 && bytes + e.payload.length > budget) return { next, bytes, full: true };
+          out.push({ ...e, payload: Buffer.from(e.payload) });
+          bytes += e.payload.length;
+          next = e.index + 1;
+        }
+      }
+    } finally {
+      if (handle !== undefined) this.releaseHandle(seg);
+    }
+    return { next, bytes, full: false };
+  }
+
+  /** Opens (authenticates and decrypts) the unit at `buf[at]`, file offset `position`, and caches it. */
+  private openUnit(seg: Segment, cipher: SegmentUnitCipher, buf: Buffer, at: number, position: number, unitBytes: number) {
+    const r = decodeUnit(buf, at, at + unitBytes, SEALED_READ_LIMITS, cipher, { file: this.displayPrefix + seg.name, fileOffset: position });
+    invariant(r.status === "ok", "a unit whose structure was checked decodes");
+    const unit = {
+      sequence: seg.sequence, start: position, end: position + unitBytes, entries: r.entries,
+      bytes: r.entries.reduce((n, e) => n + e.payload.length, 0),
+    };
+    this.units.put(unit);
+    return unit;
+  }
+
+  /**
    * The segment's record cipher (undefined for plaintext), unwrapping its data key on first use.
    * Called with the segment's handle acquired, so the LRU does not drop the cipher under the read.
    */
-  private async cipherOf(seg: Segment): Promise<SegmentRecordCipher | undefined> {
+  private async cipherOf(seg: Segment): Promise<SegmentUnitCipher | undefined> {
     if (seg.header.encryption.algorithm === EncryptionAlgorithm.NONE) return undefined;
     if (seg.cipher !== undefined) return seg.cipher;
     seg.cipherLoading ??= this.keys.cipherFor(seg.header, this.displayPrefix + seg.name).finally(() => {
@@ -918,8 +1118,11 @@ export class SegmentedLog {
     try {
       if (this.readsInFlight > 0) await new Promise<void>((r) => (this.readsDrained = r));
       this.readsDrained = undefined;
-      await writeTruncateIntent(this.fs, this.path(TRUNCATE_INTENT_NAME), fromIndex);
-      await this.truncateLoaded(fromIndex);
+      const target = this.segmentList[this.segmentIndexOf(fromIndex)]!;
+      const at = await this.frameAt(target, fromIndex);
+      const rewrite = await this.resealedPrefix(target, fromIndex, at);
+      await writeTruncateIntent(this.fs, this.path(TRUNCATE_INTENT_NAME), fromIndex, rewrite);
+      await this.truncateLoaded(fromIndex, at.offset, rewrite);
       await this.fs.unlink(this.path(TRUNCATE_INTENT_NAME));
       await this.fs.syncDir(this.dir);
     } catch (e) {
@@ -931,10 +1134,16 @@ export class SegmentedLog {
     }
   }
 
-  private async truncateLoaded(fromIndex: number): Promise<void> {
+  /**
+   * Cuts the log at `fromIndex` (at byte `offset` of its segment). With `rewrite` (a cut inside a
+   * unit) the file is cut at the unit's start and the re-sealed kept prefix written there instead.
+   */
+  private async truncateLoaded(fromIndex: number, frameOffset: number, rewrite: UnitRewrite | undefined): Promise<void> {
+    this.units.clear();
     const targetPos = this.segmentIndexOf(fromIndex);
     const target = this.segmentList[targetPos]!;
-    const offset = await this.offsetOf(target, fromIndex);
+    invariant(rewrite === undefined || rewrite.sequence === target.sequence, "a unit rewrite is in the target segment");
+    const offset = rewrite === undefined ? frameOffset : rewrite.cutOffset + rewrite.bytes.length;
     // Later segments first, newest first, so a crash never leaves a gap in front of surviving data.
     for (const seg of this.segmentList.slice(targetPos + 1).reverse()) {
       await this.closeHandle(seg);
@@ -944,8 +1153,7 @@ export class SegmentedLog {
     this.segmentList = this.segmentList.slice(0, targetPos + 1);
     await this.closeHandle(target);
     const handle = await this.fs.open(this.path(target.name), appendMode(this.syncMode));
-    await handle.truncate(offset);
-    await handle.datasync();
+    await applyCut(handle, offset, rewrite);
     if (target.sealed) {
       await unlinkIfExists(this.fs, this.path(sparseIndexName(target.sequence)));
       await this.fs.rename(this.path(target.name), this.path(CURRENT_SEGMENT_NAME));
@@ -1039,9 +1247,13 @@ export class SegmentedLog {
     return true;
   }
 
-  /** Byte offset of the record holding `index` in `seg` (its end, for lastIndex + 1). */
-  private async offsetOf(seg: Segment, index: number): Promise<number> {
-    if (index > seg.lastIndex) return seg.sizeBytes;
+  /**
+   * Byte offset of the record holding `index` in `seg` and its frame's fields (the segment's end
+   * and no fields, for lastIndex + 1).
+   */
+  private async frameAt(seg: Segment, index: number): Promise<{ offset: number; info: FrameInfo | undefined }> {
+    if (index > seg.lastIndex) return { offset: seg.sizeBytes, info: undefined };
+    const limits = readLimitsFor(seg.header);
     let position = seg.sparse.floorOffset(index);
     const handle = await this.acquireHandle(seg);
     try {
@@ -1051,16 +1263,40 @@ export class SegmentedLog {
         const got = await readFully(handle, head, position);
         if (got < 8) throw this.corruption(seg, position, index, "the segment ends before the record");
         const fb = 8 + head.readUInt32LE(4);
-        const frame = Buffer.allocUnsafe(fb);
+        const frame = Buffer.allocUnsafe(Math.min(fb, seg.sizeBytes - position));
         await readFully(handle, frame, position);
-        const r = decodeFrame(frame, 0, fb, READ_LIMITS);
+        const r = inspectFrame(frame, 0, frame.length, limits);
         if (r.status !== "ok") throw this.corruption(seg, position, index, r.status === "invalid" ? r.reason : "truncated record");
-        if (r.entry.index === index) return position;
+        if (r.index === index) return { offset: position, info: r };
         position += fb;
       }
     } finally {
       this.releaseHandle(seg);
     }
+  }
+
+  /**
+   * For a cut at `fromIndex` inside a unit of an encrypted segment: the unit's first frame offset
+   * and its kept records (before `fromIndex`) sealed again as a new unit, with a new nonce. The old
+   * unit is opened first (it must authenticate: damaged data is never re-sealed as good). Undefined
+   * when the cut is at a unit boundary (or the segment is plaintext).
+   */
+  private async resealedPrefix(seg: Segment, fromIndex: number, at: { offset: number; info: FrameInfo | undefined }): Promise<UnitRewrite | undefined> {
+    const unitFields = at.info?.unit;
+    if (unitFields === undefined || unitFields.position === 0) return undefined;
+    const unitStart = at.offset - unitFields.backBytes;
+    const kept = await this.readRange(fromIndex - unitFields.position, fromIndex, READ_BYTES_MAX).catch((e: unknown) => {
+      throw e instanceof CorruptionError ? e : this.corruption(seg, unitStart, fromIndex - unitFields.position, String(e));
+    });
+    invariant(kept.length === unitFields.position, "the kept records of a unit are read whole");
+    const cipher = await this.cipherOf(seg);
+    invariant(cipher !== undefined, "an encrypted segment has a cipher");
+    const inputs: UnitInput[] = kept.map((e) => ({ term: e.term, index: e.index, kind: e.kind, tenant: utf8.encode(e.tenant), payload: e.payload }));
+    const size = inputs.reduce((n, r, k) => n + sealedFrameBytes(r.tenant.length, r.payload.length, k, inputs.length), 0);
+    const bytes = Buffer.allocUnsafe(size);
+    invariant(encodeSealedUnit(bytes, 0, inputs, cipher) === size, "a re-sealed unit has its computed size");
+    for (const r of inputs) r.payload.fill(0);
+    return { sequence: seg.sequence, cutOffset: unitStart, bytes };
   }
 
   private async closeHandle(seg: Segment): Promise<void> {
@@ -1077,6 +1313,7 @@ export class SegmentedLog {
     await this.flush();
     this.closed = true;
     this.keys.close();
+    this.units.clear();
     for (const seg of this.segmentList) {
       seg.cipher = undefined;
       await this.closeHandle(seg).catch(() => {});
@@ -1113,19 +1350,65 @@ async function createSegment(fs: FileSystem, dir: string, header: SegmentHeader,
   return seg;
 }
 
-async function writeTruncateIntent(fs: FileSystem, path: string, fromIndex: number): Promise<void> {
-  const buf = Buffer.alloc(20);
-  INTENT_MAGIC.copy(buf, 0);
+/**
+ * A cut inside a unit of an encrypted segment: the file is cut at the unit's first frame
+ * (`cutOffset`) and `bytes`, the kept records re-sealed as a new unit (new nonce), written there.
+ */
+interface UnitRewrite {
+  sequence: number;
+  cutOffset: number;
+  bytes: Buffer;
+}
+
+/** The largest re-sealed unit prefix: a full multi-record unit less its last record, framed with the largest tenant ids. */
+const UNIT_REWRITE_BYTES_MAX = UNIT_PAYLOAD_BYTES_MAX + UNIT_RECORDS_MAX * (frameBytes(TENANT_ID_BYTES_MAX, 0) + UNIT_FRAME_FIELDS_BYTES) + RECORD_SEAL_OVERHEAD_BYTES;
+
+/**
+ * truncate.intent: "VRTYTRN\0" | from (u64) | crc32c, 20 bytes; or, for a cut inside a unit,
+ * "VRTYTRU\0" | from (u64) | segment sequence (u32) | cut offset (u64) | length (u32) | the
+ * re-sealed prefix | crc32c of everything before it. Written durably before anything is cut, so a
+ * crash at any later step is redone on open from the intent alone (no keys needed).
+ */
+async function writeTruncateIntent(fs: FileSystem, path: string, fromIndex: number, rewrite: UnitRewrite | undefined): Promise<void> {
+  if (rewrite === undefined) {
+    const buf = Buffer.alloc(20);
+    INTENT_MAGIC.copy(buf, 0);
+    writeU64(buf, fromIndex, 8);
+    buf.writeUInt32LE(crc32c(buf.subarray(0, 16)), 16);
+    await writeFileAtomic(fs, path, buf);
+    return;
+  }
+  invariant(rewrite.bytes.length <= UNIT_REWRITE_BYTES_MAX, "a re-sealed unit prefix within its bound");
+  const buf = Buffer.alloc(32 + rewrite.bytes.length + 4);
+  UNIT_INTENT_MAGIC.copy(buf, 0);
   writeU64(buf, fromIndex, 8);
-  buf.writeUInt32LE(crc32c(buf.subarray(0, 16)), 16);
+  buf.writeUInt32LE(rewrite.sequence, 16);
+  writeU64(buf, rewrite.cutOffset, 20);
+  buf.writeUInt32LE(rewrite.bytes.length, 28);
+  rewrite.bytes.copy(buf, 32);
+  buf.writeUInt32LE(crc32c(buf.subarray(0, buf.length - 4)), buf.length - 4);
   await writeFileAtomic(fs, path, buf);
 }
 
-function decodeTruncateIntent(buf: Uint8Array): number | undefined {
-  if (buf.length !== 20) return undefined;
+function decodeTruncateIntent(buf: Uint8Array): { from: number; rewrite: UnitRewrite | undefined } | undefined {
   const b = Buffer.from(buf);
-  if (!b.subarray(0, 8).equals(INTENT_MAGIC) || crc32c(b.subarray(0, 16)) !== b.readUInt32LE(16)) return undefined;
-  return readU64(b, 8);
+  if (b.length === 20 && b.subarray(0, 8).equals(INTENT_MAGIC) && crc32c(b.subarray(0, 16)) === b.readUInt32LE(16)) {
+    return { from: readU64(b, 8), rewrite: undefined };
+  }
+  if (b.length < 36 || b.length > 36 + UNIT_REWRITE_BYTES_MAX || !b.subarray(0, 8).equals(UNIT_INTENT_MAGIC)) return undefined;
+  if (crc32c(b.subarray(0, b.length - 4)) !== b.readUInt32LE(b.length - 4) || b.readUInt32LE(28) !== b.length - 36) return undefined;
+  return { from: readU64(b, 8), rewrite: { sequence: b.readUInt32LE(16), cutOffset: readU64(b, 20), bytes: Buffer.from(b.subarray(32, b.length - 4)) } };
+}
+
+/** Cuts the file at `offset`, or (inside a unit) at the unit's start followed by the re-sealed prefix; then syncs. */
+async function applyCut(handle: FileHandle, offset: number, rewrite: UnitRewrite | undefined): Promise<void> {
+  if (rewrite === undefined) {
+    await handle.truncate(offset);
+  } else {
+    await handle.truncate(rewrite.cutOffset);
+    await handle.write(rewrite.bytes, 0, rewrite.bytes.length, rewrite.cutOffset);
+  }
+  await handle.datasync();
 }
 
 type ResolvedOptions = Required<Omit<SegmentedLogOptions, "initialIndex" | "verifyOnOpen" | "logger" | "encryption">> & { logger: LogSink };
@@ -1170,11 +1453,12 @@ class Loader {
     let files = await this.readHeaders(names);
     const intentBytes = await readFileIfExists(this.fs, this.path(TRUNCATE_INTENT_NAME));
     if (intentBytes !== undefined) {
-      const from = decodeTruncateIntent(intentBytes);
-      if (from === undefined) {
+      const intent = decodeTruncateIntent(intentBytes);
+      if (intent === undefined) {
         throw new CorruptionError({ file: this.display(TRUNCATE_INTENT_NAME), offset: 0 }, "the truncation intent file is damaged");
       }
-      files = await this.finishTruncation(files, from);
+      const from = intent.from;
+      files = await this.finishTruncation(files, from, intent.rewrite);
       await this.fs.unlink(this.path(TRUNCATE_INTENT_NAME));
       await this.fs.syncDir(this.options.dir);
       this.recovery.truncationCompletedFrom = from;
@@ -1230,7 +1514,7 @@ class Loader {
   }
 
   /** Completes a suffix truncation from `from` that a crash interrupted. */
-  private async finishTruncation(files: FoundFile[], from: number): Promise<FoundFile[]> {
+  private async finishTruncation(files: FoundFile[], from: number, rewrite: UnitRewrite | undefined): Promise<FoundFile[]> {
     // The target is the last segment whose base index is at or before `from`.
     let targetPos = -1;
     for (let i = 0; i < files.length; i++) if (files[i]!.header.baseIndex <= from) targetPos = i;
@@ -1240,6 +1524,10 @@ class Loader {
       if (f.sealed) await unlinkIfExists(this.fs, this.path(sparseIndexName(f.sequence)));
     }
     const target = files[targetPos]!;
+    if (rewrite !== undefined && rewrite.sequence !== target.sequence) {
+      throw new CorruptionError({ file: this.display(TRUNCATE_INTENT_NAME), offset: 16 },
+        `the truncation intent rewrites a unit of segment ${rewrite.sequence}, but index ${from} is in segment ${target.sequence}`);
+    }
     const handle = await this.fs.open(this.path(target.name), "readwrite");
     try {
       let cutAt: number | undefined;
@@ -1251,10 +1539,16 @@ class Loader {
           if (info.index === from) cutAt = offset;
         },
       });
-      // A torn or damaged record past the cut goes with the cut; damage before it is corruption.
-      if (scan.damage !== undefined && scan.damage.index < from) throw this.damageError(target.name, scan);
-      await handle.truncate(cutAt ?? Math.min(scan.validEnd, scan.fileBytes));
-      await handle.datasync();
+      // A torn or damaged record past the cut goes with the cut; damage before it is corruption. With a
+      // unit rewrite, the unit at the cut may be whole, cut, or already replaced (in part): all go.
+      if (scan.damage !== undefined && (rewrite === undefined ? scan.damage.index < from : scan.damage.offset < rewrite.cutOffset)) {
+        throw this.damageError(target.name, scan);
+      }
+      if (rewrite !== undefined && rewrite.cutOffset > scan.validEnd) {
+        throw new CorruptionError({ file: this.display(target.name), offset: scan.validEnd },
+          `the truncation intent rewrites a unit at byte offset ${rewrite.cutOffset}, past the segment's valid end`);
+      }
+      await applyCut(handle, cutAt ?? Math.min(scan.validEnd, scan.fileBytes), rewrite);
     } finally {
       await handle.close();
     }

@@ -13,6 +13,10 @@ import type { GeneratedDataKey, KeyDescription, KeyProvider, UnwrapOptions, Wrap
 import { kmsUnavailable } from "../../src/crypto/kms.js";
 import { LocalKeyProvider, initLocalKeyFile } from "../../src/crypto/local-kms.js";
 import { uuidFromBytes } from "../../src/log/meta-state.js";
+import { inspectFrame } from "../../src/log/record.js";
+import { readLimitsFor } from "../../src/log/segment-scan.js";
+import { decodeSegmentHeader } from "../../src/log/segment-header.js";
+import { SEGMENT_HEADER_BYTES } from "../../src/limits.js";
 import { CLUSTER_ID, tempDir } from "./log-fixtures.js";
 
 /** A provider that fails with UNAVAILABLE while `down` is set (a KMS outage), and counts calls. */
@@ -85,4 +89,47 @@ export function encryptionFor(variant: LogVariantName): () => AtRestEncryption |
     key = undefined;
   });
   return () => key?.encryption;
+}
+
+/** One whole frame of a segment file, with the unit it belongs to (a plaintext record is a unit of its own). */
+export interface FrameAt {
+  offset: number;
+  end: number;
+  index: number;
+  /** Position in its unit and the unit's record count (0 and 1 in a plaintext segment). */
+  position: number;
+  count: number;
+  /** File offsets of the unit's first frame and just past its last, and the unit's first index. */
+  unitStart: number;
+  unitEnd: number;
+  unitFirstIndex: number;
+}
+
+/**
+ * The frames of a segment file (plaintext or encrypted), up to the first one that is not whole and
+ * valid. Frames of a unit whose last frame is missing get unitEnd = Infinity.
+ */
+export function segmentFrames(bytes: Uint8Array): FrameAt[] {
+  const header = decodeSegmentHeader(bytes);
+  if (!header.ok) return [];
+  const limits = readLimitsFor(header.header);
+  const frames: FrameAt[] = [];
+  let offset = SEGMENT_HEADER_BYTES;
+  // Bounded by the file: every pass consumes a frame.
+  while (offset < bytes.length) {
+    const info = inspectFrame(bytes, offset, bytes.length, limits);
+    if (info.status !== "ok") break;
+    const position = info.unit?.position ?? 0;
+    const unitStart = offset - (info.unit?.backBytes ?? 0);
+    frames.push({
+      offset, end: offset + info.frameBytes, index: info.index, position, count: info.unit?.count ?? 1,
+      unitStart, unitEnd: Infinity, unitFirstIndex: info.index - position,
+    });
+    offset += info.frameBytes;
+  }
+  for (const f of frames) {
+    const last = frames.find((g) => g.unitStart === f.unitStart && g.position === f.count - 1);
+    if (last !== undefined) f.unitEnd = last.end;
+  }
+  return frames;
 }

@@ -11,7 +11,7 @@ import { CorruptionError } from "../../src/errors.js";
 import { SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES } from "../../src/limits.js";
 import { CLUSTER_ID, appendMany, payloadFor } from "../helpers/log-fixtures.js";
 import type { AtRestEncryption } from "../../src/crypto/at-rest.js";
-import { LOG_VARIANTS, encryptionFor } from "../helpers/log-encryption.js";
+import { LOG_VARIANTS, encryptionFor, segmentFrames } from "../helpers/log-encryption.js";
 
 const DIR = "/d/log";
 /** The running variant's encryption (the suite runs plaintext, then encrypted). */
@@ -20,7 +20,7 @@ let encryption: () => AtRestEncryption | undefined = () => undefined;
 interface Written {
   mem: MemoryFileSystem;
   /** Per segment file: [file name, byte offsets at which each record starts, index of each record]. */
-  files: Array<{ name: string; sealed: boolean; starts: number[]; indexes: number[]; size: number }>;
+  files: Array<{ name: string; sealed: boolean; starts: number[]; indexes: number[]; unitEnds: number[]; size: number }>;
   last: number;
 }
 
@@ -43,7 +43,10 @@ async function build(): Promise<Written> {
       indexes.push(i);
       off += 8 + Buffer.from(bytes).readUInt32LE(off + 4);
     }
-    files.push({ name, sealed: s.sealed, starts, indexes, size: bytes.length });
+    // Encrypted records survive a cut only with their whole unit (a plaintext record is its own unit).
+    const unitEnds = segmentFrames(bytes).map((f) => f.unitEnd);
+    expect(unitEnds.length).toBe(starts.length);
+    files.push({ name, sealed: s.sealed, starts, indexes, unitEnds, size: bytes.length });
   }
   return { mem, files, last: segments.at(-1)!.lastIndex };
 }
@@ -117,8 +120,8 @@ describe.each(LOG_VARIANTS)("recovery under random damage (%s)", (variant) => {
           return;
         }
         expect("last" in outcome, String("error" in outcome ? outcome.error : "")).toBe(true);
-        // Every record that ended at or before the cut survives; the one cut through does not.
-        const whole = file.indexes.filter((_, k) => (file.starts[k + 1] ?? file.size) <= cut);
+        // Every record whose unit ended at or before the cut survives; the unit cut through does not.
+        const whole = file.indexes.filter((_, k) => file.unitEnds[k]! <= cut);
         const expected = whole.length > 0 ? whole.at(-1)! : file.indexes[0]! - 1;
         expect((outcome as { last: number }).last).toBe(expected);
       }),

@@ -17,7 +17,7 @@ import type { AtRestEncryption } from "../../src/crypto/at-rest.js";
 import { verifyLog } from "../../src/log/offline.js";
 import { RecordKind } from "../../src/log/types.js";
 import { CrashingFileSystem } from "../helpers/crashing-fs.js";
-import { FlakyKeyProvider, localKeyForTests } from "../helpers/log-encryption.js";
+import { FlakyKeyProvider, localKeyForTests, segmentFrames } from "../helpers/log-encryption.js";
 import { CLUSTER_ID, appendMany, payloadFor, seededRandom } from "../helpers/log-fixtures.js";
 
 const DIR = "/enc/log";
@@ -98,28 +98,180 @@ describe("log at-rest encryption", () => {
     expect(report.records).toBe(6000);
   });
 
-  it("a tampered ciphertext (CRC fixed up) is a CorruptionError naming file, offset and index, never garbage", async () => {
+  it("a tampered byte in the middle record of a unit is a CorruptionError naming file, the unit's offset and first index; no record of that unit is served", async () => {
     const k = await key();
     const mem = new MemoryFileSystem();
     const log = await SegmentedLog.open(options(mem, k.encryption));
-    await appendMarked(log, 50);
+    await appendMarked(log, 30); // one group commit: one unit of 30 records
+    await appendMarked(log, 30); // the next unit
+    await appendMarked(log, 30);
     await log.close();
     const path = `${DIR}/current.segment`;
     const bytes = Buffer.from(mem.peek(path)!);
-    const starts = frameStarts(bytes);
-    const at = starts[20]!;
-    const end = at + 8 + bytes.readUInt32LE(at + 4);
-    bytes[end - 40]! ^= 0x01; // inside the ciphertext
-    bytes.writeUInt32LE(crc32c(bytes.subarray(at + 4, end)), at); // an attacker recomputes the CRC
+    const frames = segmentFrames(bytes);
+    const units = [...new Set(frames.map((f) => f.unitStart))];
+    expect(units.length).toBe(3);
+    const middle = frames.filter((f) => f.unitStart === units[1])[15]!;
+    expect(middle.position).toBe(15);
+    bytes[middle.end - 40]! ^= 0x01; // inside the record's ciphertext slice
+    bytes.writeUInt32LE(crc32c(bytes.subarray(middle.offset + 4, middle.end)), middle.offset); // an attacker recomputes the CRC
     mem.poke(path, bytes);
-    const reopened = await SegmentedLog.open(options(mem, k.encryption)); // structure is fine
-    const error = await reopened.read(1, 51).catch((e: unknown) => e);
-    expect(error).toBeInstanceOf(CorruptionError);
-    expect((error as CorruptionError).location).toMatchObject({ file: "log/current.segment", offset: at, index: 21 });
-    expect((error as VerityError).code).toBe(ErrorCode.CORRUPTION);
-    // Records before it are served.
-    expect((await reopened.read(1, 21)).length).toBe(20);
+    const reopened = await SegmentedLog.open(options(mem, k.encryption, { verifyOnOpen: false })); // structure is fine
+    for (const [from, to] of [[1, 91], [46, 47], [31, 32], [60, 61], [25, 40]] as const) {
+      const error = await reopened.read(from, to).catch((e: unknown) => e);
+      expect(error, `read ${from}..${to}`).toBeInstanceOf(CorruptionError);
+      expect((error as CorruptionError).location).toMatchObject({ file: "log/current.segment", offset: units[1], index: 31 });
+      expect((error as VerityError).code).toBe(ErrorCode.CORRUPTION);
+      expect((error as Error).message).toMatch(/unit of 30 record\(s\), indexes 31\.\.60/);
+    }
+    // The other units are served whole.
+    expect((await reopened.read(1, 31)).length).toBe(30);
+    expect((await reopened.read(61, 91)).map((e) => e.index)).toEqual(Array.from({ length: 30 }, (_, i) => 61 + i));
     await reopened.close();
+  });
+
+  it("reads single records from the middle of units, in any order, with a cold and a warm cache", async () => {
+    const k = await key();
+    const mem = new MemoryFileSystem();
+    let log = await SegmentedLog.open(options(mem, k.encryption));
+    for (let r = 0; r < 8; r++) await appendMarked(log, 120 + r * 37, 1 + r);
+    const last = log.lastIndex;
+    await log.close();
+    const frames = segmentFrames(mem.peek(`${DIR}/current.segment`)!);
+    expect(frames.some((f) => f.count > 100)).toBe(true);
+    expect(frames.some((f) => f.position > 0 && f.position < f.count - 1)).toBe(true);
+    const random = seededRandom(5);
+    for (const verifyOnOpen of [false, true]) {
+      log = await SegmentedLog.open(options(mem, k.encryption, { verifyOnOpen }));
+      const order = Array.from({ length: last }, (_, i) => i + 1).sort(() => random() - 0.5);
+      for (const index of order.slice(0, 400)) {
+        const [e] = await log.read(index, index + 1);
+        expect(e!.index).toBe(index);
+        expect(Buffer.from(e!.payload).equals(markedPayload(index))).toBe(true);
+      }
+      // Ranges that start and end inside units, and payloads handed out are copies.
+      const range = await log.read(57, 301);
+      expect(range.map((e) => e.index)).toEqual(Array.from({ length: 244 }, (_, i) => 57 + i));
+      range[0]!.payload.fill(0);
+      expect(Buffer.from((await log.read(57, 58))[0]!.payload).equals(markedPayload(57))).toBe(true);
+      // A byte budget stops inside a unit and the next read goes on from there.
+      const part = await log.read(100, last + 1, 1000);
+      expect(part.map((e) => e.index)).toEqual([100, 101, 102, 103]);
+      await log.close();
+    }
+  });
+
+  it("a unit torn by a crash is cut back to its first frame; earlier units stay; a rewrite of the same indexes gets a fresh nonce", async () => {
+    const k = await key();
+    const mem = new MemoryFileSystem();
+    let log = await SegmentedLog.open(options(mem, k.encryption));
+    await appendMarked(log, 10);
+    await appendMarked(log, 10);
+    await log.close();
+    const path = `${DIR}/current.segment`;
+    const before = Buffer.from(mem.peek(path)!);
+    const frames = segmentFrames(before);
+    const second = frames.filter((f) => f.unitFirstIndex === 11);
+    expect(second.length).toBe(10);
+    for (const cut of [second[4]!.end, second[4]!.end - 7, before.length - 5]) {
+      mem.poke(path, before.subarray(0, cut)); // torn inside the second unit
+      log = await SegmentedLog.open(options(mem, k.encryption));
+      expect(log.recovery.tornAt).toMatchObject({ index: 11, offset: second[0]!.offset });
+      expect(log.recovery.tornBytesCut).toBe(cut - second[0]!.offset);
+      expect(log.lastIndex).toBe(10);
+      expect((await log.read(1, 11)).length).toBe(10);
+      await appendMarked(log, 10);
+      expect(log.lastIndex).toBe(20);
+      expect((await log.read(1, 21)).map((e) => e.index)).toEqual(Array.from({ length: 20 }, (_, i) => i + 1));
+      await log.close();
+      const after = Buffer.from(mem.peek(path)!);
+      expect(after.length).toBe(before.length); // the same records, the same frame sizes
+      const nonceAt = second[0]!.offset + 26 + 4 + 8; // frame header, tenant "acme", unit fields
+      expect(after.subarray(nonceAt, nonceAt + 12).equals(before.subarray(nonceAt, nonceAt + 12))).toBe(false);
+      expect((await verifyLog(mem, DIR)).ok).toBe(true);
+    }
+  });
+
+  it("a Raft truncation inside a unit re-seals the kept prefix as a new unit with a new nonce; the old unit's bytes are gone", async () => {
+    const k = await key();
+    const mem = new MemoryFileSystem();
+    let log = await SegmentedLog.open(options(mem, k.encryption));
+    await appendMarked(log, 20, 1);
+    await appendMarked(log, 20, 1);
+    const path = `${DIR}/current.segment`;
+    const before = Buffer.from(mem.peek(path)!);
+    const oldUnit = segmentFrames(before).filter((f) => f.unitFirstIndex === 21);
+    const oldTag = before.subarray(oldUnit.at(-1)!.end - 16, oldUnit.at(-1)!.end);
+    const nonceAt = oldUnit[0]!.offset + 26 + 4 + 8;
+    const oldNonce = Buffer.from(before.subarray(nonceAt, nonceAt + 12));
+    await log.read(21, 41); // the old unit is in the cache: the truncation must drop it
+    await log.truncateSuffix(28, 5);
+    expect(log.lastIndex).toBe(27);
+    const cut = Buffer.from(mem.peek(path)!);
+    const kept = segmentFrames(cut).filter((f) => f.unitFirstIndex === 21);
+    expect(kept.map((f) => [f.position, f.count])).toEqual(Array.from({ length: 7 }, (_, i) => [i, 7]));
+    expect(cut.length).toBe(kept.at(-1)!.end);
+    expect(cut.subarray(nonceAt, nonceAt + 12).equals(oldNonce)).toBe(false);
+    expect(cut.includes(oldTag)).toBe(false);
+    expect((await log.read(21, 28)).map((e) => Buffer.from(e.payload).equals(markedPayload(e.index)))).toEqual(Array(7).fill(true));
+    // New entries at the cut indexes, of a new term, with other payloads.
+    const calls = Array.from({ length: 15 }, (_, i) => log.append([{ term: 2, index: 28 + i, kind: RecordKind.EVENTS, tenant: "acme", payload: payloadFor(1000 + i, 150) }]));
+    await Promise.all(calls);
+    const check = async (l: SegmentedLog): Promise<void> => {
+      const all = await l.read(1, 43);
+      expect(all.length).toBe(42);
+      for (const e of all.slice(0, 27)) expect(Buffer.from(e.payload).equals(markedPayload(e.index))).toBe(true);
+      for (const e of all.slice(27)) expect([e.term, Buffer.from(e.payload).equals(payloadFor(1000 + e.index - 28, 150))]).toEqual([2, true]);
+    };
+    await check(log);
+    await log.close();
+    expect(mem.peek(`${DIR}/truncate.intent`)).toBeUndefined();
+    log = await SegmentedLog.open(options(mem, k.encryption));
+    await check(log);
+    await log.close();
+    expect((await verifyLog(mem, DIR)).ok).toBe(true);
+    // A cut at a unit boundary rewrites nothing.
+    log = await SegmentedLog.open(options(mem, k.encryption));
+    const boundary = Buffer.from(mem.peek(path)!);
+    await log.truncateSuffix(21, 5);
+    expect(Buffer.from(mem.peek(path)!).equals(boundary.subarray(0, oldUnit[0]!.offset))).toBe(true);
+    await log.close();
+  });
+
+  it("a truncation inside a unit is crash-safe: a crash at every step keeps the kept prefix readable and the cut complete", async () => {
+    const k = await key();
+    const base = new MemoryFileSystem();
+    const log = await SegmentedLog.open(options(base, k.encryption));
+    await appendMarked(log, 20, 1);
+    await appendMarked(log, 20, 1);
+    await log.close();
+    const snapshot = new Map((await base.readdir(DIR)).map((n) => [n, Buffer.from(base.peek(`${DIR}/${n}`)!)]));
+    let crashes = 0;
+    // Bounded: one pass per operation of a whole truncation (it ends when one completes).
+    for (let crashAt = 1; crashAt < 200; crashAt++) {
+      const mem = new MemoryFileSystem();
+      await mem.mkdir("/enc");
+      await mem.mkdir(DIR);
+      for (const [n, b] of snapshot) await put(mem, `${DIR}/${n}`, b);
+      await mem.syncDir(DIR);
+      const opened = await SegmentedLog.open(options(mem, k.encryption));
+      const fs = new CrashingFileSystem(mem, crashAt, seededRandom(crashAt));
+      (opened as unknown as { fs: unknown }).fs = fs;
+      const done = await opened.truncateSuffix(33, 5).then(() => true, () => false);
+      if (done) break;
+      crashes++;
+      if (!fs.dead) mem.crash({ random: seededRandom(crashAt) });
+      const reopened = await SegmentedLog.open(options(mem, k.encryption));
+      // Either the truncation had not begun (its intent was not durable) or it is complete.
+      expect([32, 40], `crash at ${crashAt}`).toContain(reopened.lastIndex);
+      const all = await reopened.read(1, reopened.lastIndex + 1);
+      expect(all.length).toBe(reopened.lastIndex);
+      for (const e of all) expect(Buffer.from(e.payload).equals(markedPayload(e.index))).toBe(true);
+      expect(mem.peek(`${DIR}/truncate.intent`)).toBeUndefined();
+      await reopened.close();
+      expect((await verifyLog(mem, DIR)).ok).toBe(true);
+    }
+    expect(crashes).toBeGreaterThan(3);
   });
 
   it("an edited cleartext field (tenant) with the CRC fixed up does not authenticate", async () => {
@@ -154,30 +306,6 @@ describe("log at-rest encryption", () => {
     const none = await SegmentedLog.open(options(mem, undefined)).catch((e: unknown) => e);
     expect((none as VerityError).code).toBe(ErrorCode.FAILED_PRECONDITION);
     expect((none as Error).message).toMatch(/log\/current\.segment is encrypted.*\[encryption\] enabled = true/);
-  });
-
-  it("a torn tail rewritten at the same index with the same payload gets a fresh nonce", async () => {
-    const k = await key();
-    const mem = new MemoryFileSystem();
-    let log = await SegmentedLog.open(options(mem, k.encryption));
-    await appendMarked(log, 10);
-    await log.close();
-    const path = `${DIR}/current.segment`;
-    const before = Buffer.from(mem.peek(path)!);
-    const last = frameStarts(before).at(-1)!;
-    const oldFrame = before.subarray(last);
-    mem.poke(path, before.subarray(0, before.length - 5)); // torn inside record 10
-    log = await SegmentedLog.open(options(mem, k.encryption));
-    expect(log.recovery.tornAt?.index).toBe(10);
-    await appendMarked(log, 1);
-    expect(log.lastIndex).toBe(10);
-    await log.close();
-    const after = Buffer.from(mem.peek(path)!);
-    const newFrame = after.subarray(last);
-    expect(newFrame.length).toBe(oldFrame.length);
-    const nonceAt = 26 + 4; // frame header, tenant "acme"
-    expect(newFrame.subarray(nonceAt, nonceAt + 12).equals(oldFrame.subarray(nonceAt, nonceAt + 12))).toBe(false);
-    expect(newFrame.subarray(0, nonceAt).subarray(4).equals(oldFrame.subarray(0, nonceAt).subarray(4))).toBe(true);
   });
 
   it("mixed plaintext and encrypted segments: turning encryption on seals the plaintext segment; all stay readable", async () => {
