@@ -181,7 +181,12 @@ export class JepsenCluster {
     appendFileSync(log, `\n==== node ${n.id} incarnation ${n.incarnation} (generation ${n.generation}) pid ${child.pid} at ${this.options.history.now()} ms: ${args.slice(1).join(" ")}\n`);
     n.output = "";
     const onData = (d: Buffer): void => {
-      appendFileSync(log, d);
+      // Output that arrives after the results folder was removed (a test's teardown) is dropped.
+      try {
+        appendFileSync(log, d);
+      } catch {
+        return;
+      }
       n.output = (n.output + d.toString()).slice(-NODE_OUTPUT_TAIL_BYTES);
     };
     child.stdout!.on("data", onData);

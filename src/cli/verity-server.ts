@@ -7,10 +7,12 @@
  * /metrics on the metrics address; until SIGINT or SIGTERM (a leader hands over leadership first).
  */
 
+import { rmSync } from "node:fs";
+import { join } from "node:path";
 import { hideBin } from "yargs/helpers";
-import { DataDir } from "../log/data-dir.js";
+import { DATA_DIR_SUBDIRS, DataDir } from "../log/data-dir.js";
 import { startTracing, stopTracing, tracesUrl } from "../server/tracing.js";
-import { VerityNode } from "../server/node.js";
+import { VerityNode, WrongNewClusterError } from "../server/node.js";
 import { createRootLogger, forTarget } from "../logger.js";
 import {
   SETTING_FLAGS, loadSettings, refusalsOfThisBuild, settingsNotDefault, type Settings,
@@ -104,6 +106,14 @@ function summary(s: Settings): string {
   return `${lines.join("\n")}\n`;
 }
 
+/**
+ * Empties a data directory created by this start (an empty log, no cluster formed): its meta, log
+ * header, event index and key sidecars all carry the cluster id it chose. The LOCK file stays.
+ */
+function clearNewDataDir(dataDir: string): void {
+  for (const sub of [...DATA_DIR_SUBDIRS, "state"]) rmSync(join(dataDir, sub), { recursive: true, force: true });
+}
+
 /** Opens the data directory with the settings this build uses, and holds it until a signal. */
 async function serve(settings: Settings): Promise<void> {
   const root = createRootLogger({ level: settings.logLevel });
@@ -122,55 +132,66 @@ async function serve(settings: Settings): Promise<void> {
     });
     let dir: DataDir;
     let keys: NodeKeyProvider | undefined;
-    try {
-      // The key provider first: a node that cannot use its key must not open (or serve) encrypted data.
-      keys = await openNodeKeyProvider(settings, logger);
-      const clusterId = await VerityNode.clusterIdForDataDir(settings, starting.signal, logger);
-      dir = await DataDir.open({
-        path: dataDir,
-        nodeId: settings.server.nodeId,
-        clusterId,
-        segmentBytes: settings.storage.segmentBytes,
-        recordBytesMax: settings.limits.recordBytesMax,
-        syncMode: settings.storage.syncMode,
-        logger: forTarget(root, "verity_log"),
-        keyProvider: keys?.provider,
-      });
-    } catch (e) {
-      await keys?.provider.close().catch(() => {});
-      if (starting.signal.aborted) return ExitCode.OK;
-      logger.error({ data_dir: dataDir, error: e instanceof Error ? e.message : String(e) }, "cannot open the data directory");
-      return reportError(NAME, e);
-    }
-    const log = dir.log;
-    logger.info(
-      {
-        node_id: dir.meta.nodeId, cluster_id: dir.meta.clusterId, data_dir: dataDir, view: dir.meta.term,
-        first_index: log.firstIndex, last_index: log.lastIndex, segments: log.segments().length,
-        torn_bytes_cut: log.recovery.tornBytesCut, sync_mode: log.mode,
-        encryption: keys === undefined ? "off" : keys.opened.description.provider,
-        unencrypted_segments: log.segments().filter((s) => s.keyId === undefined).length,
-        config_file: settings.configPath ?? null, settings: settings.shown, settings_from: settingsNotDefault(settings),
-      },
-      "data directory open; log recovered",
-    );
-    const telemetry = settings.telemetry;
-    if (telemetry.tracingEnabled && telemetry.tracingEndpoint !== undefined) {
-      await startTracing(telemetry.tracingEndpoint, { "verity.node_id": dir.meta.nodeId, "verity.cluster_id": dir.meta.clusterId });
-      logger.info({ endpoint: tracesUrl(telemetry.tracingEndpoint) }, "exporting OpenTelemetry spans over OTLP/HTTP");
-    }
     let node: VerityNode;
-    try {
-      node = await VerityNode.start(settings, root, dir, starting.signal);
-    } catch (e) {
-      await dir.close().catch(() => {});
-      await keys?.provider.close().catch(() => {});
-      if (starting.signal.aborted) {
-        logger.info({ reason: e instanceof Error ? e.message : String(e) }, "stopped while starting");
-        return ExitCode.OK;
+    // Bounded: a new data directory is opened again at most once, with the cluster id its peers hold.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        // The key provider first: a node that cannot use its key must not open (or serve) encrypted data.
+        keys = await openNodeKeyProvider(settings, logger);
+        const clusterId = await VerityNode.clusterIdForDataDir(settings, starting.signal, logger);
+        dir = await DataDir.open({
+          path: dataDir,
+          nodeId: settings.server.nodeId,
+          clusterId,
+          segmentBytes: settings.storage.segmentBytes,
+          recordBytesMax: settings.limits.recordBytesMax,
+          syncMode: settings.storage.syncMode,
+          logger: forTarget(root, "verity_log"),
+          keyProvider: keys?.provider,
+        });
+      } catch (e) {
+        await keys?.provider.close().catch(() => {});
+        if (starting.signal.aborted) return ExitCode.OK;
+        logger.error({ data_dir: dataDir, error: e instanceof Error ? e.message : String(e) }, "cannot open the data directory");
+        return reportError(NAME, e);
       }
-      logger.error({ error: e instanceof Error ? e.message : String(e) }, "cannot start the node");
-      return reportError(NAME, e);
+      const log = dir.log;
+      logger.info(
+        {
+          node_id: dir.meta.nodeId, cluster_id: dir.meta.clusterId, data_dir: dataDir, view: dir.meta.term,
+          first_index: log.firstIndex, last_index: log.lastIndex, segments: log.segments().length,
+          torn_bytes_cut: log.recovery.tornBytesCut, sync_mode: log.mode,
+          encryption: keys === undefined ? "off" : keys.opened.description.provider,
+          unencrypted_segments: log.segments().filter((s) => s.keyId === undefined).length,
+          config_file: settings.configPath ?? null, settings: settings.shown, settings_from: settingsNotDefault(settings),
+        },
+        "data directory open; log recovered",
+      );
+      const telemetry = settings.telemetry;
+      if (attempt === 0 && telemetry.tracingEnabled && telemetry.tracingEndpoint !== undefined) {
+        await startTracing(telemetry.tracingEndpoint, { "verity.node_id": dir.meta.nodeId, "verity.cluster_id": dir.meta.clusterId });
+        logger.info({ endpoint: tracesUrl(telemetry.tracingEndpoint) }, "exporting OpenTelemetry spans over OTLP/HTTP");
+      }
+      try {
+        node = await VerityNode.start(settings, root, dir, starting.signal);
+        break;
+      } catch (e) {
+        const empty = dir.log.lastIndex === 0;
+        await dir.close().catch(() => {});
+        await keys?.provider.close().catch(() => {});
+        if (starting.signal.aborted) {
+          logger.info({ reason: e instanceof Error ? e.message : String(e) }, "stopped while starting");
+          return ExitCode.OK;
+        }
+        if (e instanceof WrongNewClusterError && empty && attempt === 0) {
+          // Nothing in it but what this start wrote: forget it and open it again in the peers' cluster.
+          logger.warn({ chosen_cluster_id: e.chosen, cluster_id: e.clusterId, peer: e.peer }, e.message);
+          clearNewDataDir(dataDir);
+          continue;
+        }
+        logger.error({ error: e instanceof Error ? e.message : String(e) }, "cannot start the node");
+        return reportError(NAME, e);
+      }
     }
     const fatal = new Promise<string>((done) => {
       node.onFatal = () => done("fatal");

@@ -61,6 +61,23 @@ export const TICK_MS = 10;
 export const BOOTSTRAP_WAIT_LOG_MS = 5_000;
 /** How long a stopping leader waits for leadership to move before it stops anyway. */
 export const TRANSFER_WAIT_MS = 3_000;
+/** How often a new data directory waiting to form a cluster asks its peers whether they hold one. */
+const REJOIN_ASK_INTERVAL_MS = 2_000;
+
+/**
+ * A new, empty data directory chose a cluster id while its peers were unreachable, and they turn
+ * out to hold the log of another cluster: the server opens the directory again with theirs.
+ */
+export class WrongNewClusterError extends FailedPreconditionError {
+  constructor(
+    readonly chosen: string,
+    readonly clusterId: string,
+    readonly peer: string,
+  ) {
+    super(`this new data directory took cluster id ${chosen} while its peers were unreachable, but ${peer} holds the log of cluster ${clusterId}: rejoining that cluster`);
+  }
+}
+
 /** How long an admin membership change waits for the new node's Hello and for its entry to commit. */
 export const MEMBERSHIP_WAIT_MS = 10_000;
 
@@ -315,9 +332,21 @@ export class VerityNode implements AdminTarget, ClientServiceTarget {
     const self = this.dir.meta.nodeId as NodeId;
     const started = Date.now();
     let warned = false;
+    let asked = started;
     // Waits until every peer answers, or the start is aborted (SIGTERM); says what it waits for.
     while (this.transport.connectedPeers().length < peerCount) {
       if (abort?.aborted === true) throw new FailedPreconditionError("stopped before the cluster formed: not every peer in --cluster-peers answered");
+      // A new, empty data directory whose peers were all unreachable when it chose its cluster id
+      // derived one, which is wrong if they hold a cluster's log: their Hellos refuse it forever
+      // (jepsen-lite bug 3b). Ask them now and then; once one answers holding a log of another
+      // cluster, start again as a member of that cluster.
+      if (this.dir.log.lastIndex === 0 && Date.now() - asked >= REJOIN_ASK_INTERVAL_MS) {
+        asked = Date.now();
+        const round = await askPeersForCluster(this.settings.clusterPeers.map(formatHostPort), loadTls(this.settings), this.settings.security.nodes, abort, () => {});
+        if (round.cluster !== undefined && round.cluster.clusterId !== this.dir.meta.clusterId) {
+          throw new WrongNewClusterError(this.dir.meta.clusterId, round.cluster.clusterId, round.cluster.address);
+        }
+      }
       if (!warned && Date.now() - started > BOOTSTRAP_WAIT_LOG_MS) {
         warned = true;
         this.logger.warn(

@@ -139,6 +139,25 @@ describe("server bugs found by jepsen-lite (it.fails: passing means the bug is s
     expect(await caughtUp(c, fourth, CATCH_UP_MS)).toBe(true);
   }, TEST_TIMEOUT_MS);
 
+  it("bug 3b (fixed): a member restarted empty while every peer is unreachable joins their cluster once they answer", async () => {
+    const { c, nodes } = await cluster(3);
+    await write(c, 20);
+    const fourth = await c.addNode(4);
+    c.start(fourth, { join: true, peers: nodes });
+    await retry(() => c.admin(c.running(), "addLearner", { address: c.clusterAddress(fourth) }), 20);
+    expect(await caughtUp(c, fourth, CATCH_UP_MS)).toBe(true);
+    await c.stop(fourth, "SIGKILL");
+    c.wipe(fourth, "Single Node Failure");
+    for (const n of nodes) await c.stop(n, "SIGTERM");
+    // No peer answers: it can only derive a cluster id from its own settings, which is not the
+    // cluster's (it joined later). Before the fix it kept that id and was refused forever.
+    c.start(fourth, { peers: nodes });
+    await sleep(3_000);
+    for (const n of nodes) c.start(n, { peers: [...nodes.filter((m) => m !== n), fourth] });
+    expect(await c.awaitLeader(30_000)).toBeDefined();
+    expect(await caughtUp(c, fourth, CATCH_UP_MS)).toBe(true);
+  }, TEST_TIMEOUT_MS);
+
   it("bug 4 (fixed): members can still be added after many membership changes (links to removed members are dropped)", async () => {
     const { c, nodes } = await cluster(3);
     // Before the fix each member added gave every founder one more peer link, never dropped; at
