@@ -17,6 +17,7 @@ import { GrpcStatus } from "../errors.js";
 import { ExitCode } from "./common.js";
 import { command } from "./admin-commands.js";
 import { api, connectionOptions, jsonOption, tlsOf, type Connection } from "./admin-connection.js";
+import type { EncryptionStatusReport, RewrapJob } from "../server/encryption-admin.js";
 import { UsageError, printJson } from "./admin-output.js";
 
 /** How often rotate asks for progress, and how long it waits at most. */
@@ -25,31 +26,8 @@ export const ROTATE_WAIT_MS_MAX = 60 * 60_000;
 /** Status calls in a row that may fail (a node restarting) before rotate stops following. */
 const POLL_FAILURES_MAX = 5;
 
-interface RewrapState {
-  state: "idle" | "running" | "done" | "failed";
-  startedAtMs: number;
-  finishedAtMs: number;
-  keyVersion: string;
-  segmentsDone: number;
-  segmentsTotal: number;
-  segmentsRewrapped: number;
-  otherFilesDone: number;
-  otherFilesRewrapped: number;
-  currentFile: string;
-  error: string;
-}
-
-interface EncryptionStatus {
-  enabled: boolean;
-  provider: string;
-  keyId: string;
-  keyVersion: string;
-  where: string;
-  segments: number;
-  unencryptedSegments: number;
-  segmentsByKey: Array<{ keyId: string; keyVersion: string; segments: number }>;
-  rewrap: RewrapState;
-}
+/** What the Admin API's EncryptionStatus answers (the node's own report type). */
+type EncryptionStatus = EncryptionStatusReport;
 
 function statusLines(s: EncryptionStatus, endpoint: string): string[] {
   const lines = [`encryption on node ${endpoint}: ${s.enabled ? "on" : "OFF"}`];
@@ -70,7 +48,7 @@ function statusLines(s: EncryptionStatus, endpoint: string): string[] {
   return lines;
 }
 
-function rewrapLine(r: RewrapState): string {
+function rewrapLine(r: RewrapJob): string {
   const counts = `${r.segmentsDone} of ${r.segmentsTotal} segments (${r.segmentsRewrapped} re-wrapped), ${r.otherFilesDone} other files (${r.otherFilesRewrapped} re-wrapped)`;
   switch (r.state) {
     case "running":
