@@ -38,6 +38,10 @@ import { rollBackDatabases, snapshotDatabases } from "./sqlite-rollback.js";
 import type { Link } from "./network.js";
 import type { Rng } from "./rng.js";
 
+/** How often, and how many times, a removal whose answer was lost asks the cluster for its configuration. */
+const CONFIG_RETRY_MS = 500;
+const CONFIG_TRIES_MAX = 20;
+
 export const NEMESIS_NAMES = ["kill", "pause", "partition", "lose-unsynced", "corrupt", "membership"] as const;
 export type NemesisName = (typeof NEMESIS_NAMES)[number];
 
@@ -524,8 +528,15 @@ export class Nemesis {
     try {
       const removed = await this.changeMembership("removeMember", { nodeId: n.id }).catch((e: Error) => e);
       detail.removeMember = removed instanceof Error ? `failed: ${removed.message}` : removed;
-      const config = await this.configuration();
-      const gone = !(removed instanceof Error) || (config !== undefined && !config.voters.includes(n.id) && !config.learners.includes(n.id));
+      // A failed call may still have taken effect (the change committed, the answer was lost, and
+      // a retry was told the node "is not a member"): ask the cluster, a few times if it has no leader.
+      let config = await this.configuration();
+      for (let i = 0; config === undefined && i < CONFIG_TRIES_MAX; i++) {
+        await new Promise((r) => setTimeout(r, CONFIG_RETRY_MS));
+        config = await this.configuration();
+      }
+      const refusedAsGone = removed instanceof Error && /is not a member/.test(removed.message);
+      const gone = !(removed instanceof Error) || refusedAsGone || (config !== undefined && !config.voters.includes(n.id) && !config.learners.includes(n.id));
       if (gone) {
         await this.cluster.stop(n, "SIGKILL", "removed");
         this.recovering.delete(n.id);
